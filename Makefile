@@ -1,0 +1,34 @@
+# facebench: the two commands of the quick start.
+#   make bench   create .venv, install facebench, run the default suite (SynthFaces, CPU) and its leaderboard
+#   make test    create .venv, install facebench with its test extras, run the tests
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+
+.PHONY: bench test install install-dev clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(VENV)/.installed $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+bench: install
+	$(BIN)/facebench run
+	$(BIN)/facebench report quick
+
+# pytest exits 5 when it collected no tests: that is a failure here too
+test: install-dev
+	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+clean:
+	rm -rf $(VENV) .pytest_cache

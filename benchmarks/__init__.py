@@ -1,0 +1,1 @@
+"""facebench's benchmark runner, reports and performance scripts (``benchmarks/perf``)."""

@@ -1,0 +1,84 @@
+"""Leaderboards from result records alone (``facebench report RESULTS_DIR``).
+
+``leaderboard.csv`` is long: one row per (method, dataset, split, seed, target, class) with one
+column per metric, then the columns naming what produced it (method name, config hash, git commit,
+package versions). ``leaderboard_info.json`` records the command, commit and time of the report.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from benchmarks.io import read_json, write_csv, write_json
+from benchmarks.provenance import git_commit, machine, package_versions
+from benchmarks.worker import STATUS
+
+KEYS = ["method", "dataset", "split", "seed", "target", "class"]
+LEADING_METRICS = ["accuracy", "balanced_accuracy", "auroc"]
+
+
+def collect_metrics(results_dir: str | Path) -> pd.DataFrame:
+    """Concatenate ``metrics.csv`` of every finished run under ``results_dir`` (searched recursively)."""
+    frames = []
+    for status_path in sorted(Path(results_dir).rglob(STATUS)):
+        path = status_path.parent / "metrics.csv"
+        st = read_json(status_path, {}) or {}
+        if st.get("state") != "done" or not path.is_file():
+            continue
+        try:
+            df = pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])
+        except pd.errors.EmptyDataError:
+            continue
+        if not df.empty:
+            frames.append(df)
+    if not frames:
+        return pd.DataFrame()
+    df = pd.concat(frames, ignore_index=True)
+    df["class"] = df["class"].fillna("").astype(str)
+    return df
+
+
+def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
+    """Long metrics -> one row per (method, dataset, split, seed, target, class), metrics as columns."""
+    if metrics.empty:
+        return metrics
+    provenance_cols = [c for c in metrics.columns if c not in KEYS + ["metric", "value", "n_samples"] and c not in ("run_id",)]
+    wide = metrics.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first").reset_index()
+    wide.columns.name = None
+    metric_cols = [m for m in LEADING_METRICS if m in wide.columns] + sorted(c for c in wide.columns if c not in KEYS + LEADING_METRICS)
+    first = metrics.drop_duplicates(["method", "dataset", "split", "seed"]).set_index(["method", "dataset", "split", "seed"])
+    extra = first[[c for c in provenance_cols + ["n_samples"] if c in first.columns]].reset_index()
+    out = wide[KEYS + metric_cols].merge(extra, on=["method", "dataset", "split", "seed"], how="left")
+    return out.rename(columns={"target": "attribute"}).sort_values(["dataset", "split", "method", "seed", "attribute", "class"])
+
+
+def summary_table(board: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """Mean over attributes per (dataset, method, seed), then mean over seeds."""
+    if board.empty:
+        return board
+    cols = [m for m in LEADING_METRICS if m in board.columns]
+    b = board[board["split"] == split]
+    per_seed = b.groupby(["dataset", "method", "seed"])[cols].mean()
+    out = per_seed.groupby(["dataset", "method"]).mean()
+    out["seeds"] = per_seed.groupby(["dataset", "method"]).size()
+    return out.reset_index().sort_values(["dataset", cols[0] if cols else "method"], ascending=[True, False])
+
+
+def build_reports(results_dir: str | Path, suite_name: str | None = None, command: str = "") -> pd.DataFrame:
+    results_dir = Path(results_dir)
+    board = leaderboard(collect_metrics(results_dir))
+    if board.empty:
+        print(f"[facebench] no finished runs under {results_dir}")
+        return board
+    write_csv(results_dir / "leaderboard.csv", board, float_format="%.6g")
+    write_json(results_dir / "leaderboard_info.json", {
+        "suite": suite_name or results_dir.name, "command": command, "git_commit": git_commit(),
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(), "machine": machine()})
+    table = summary_table(board)
+    with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
+        print(f"\n[facebench] {results_dir / 'leaderboard.csv'}: test split, mean over attributes\n")
+        print(table.to_string(index=False))
+    return board

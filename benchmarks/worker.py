@@ -1,0 +1,153 @@
+"""Execute one run of a suite: ``python -m benchmarks.worker RUN_DIR``.
+
+The run directory holds ``config.yaml`` (written by the runner). The worker trains with Lightning
+(resuming from ``checkpoints/last.ckpt`` when a killed run left one), evaluates the best checkpoint
+on the validation and test splits, and writes the result records. With ``devices > 1`` Lightning
+re-launches this same command once per extra rank (DDP); only rank 0 writes records. Status is
+written atomically to ``status.json`` at every transition.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.io import read_json, write_json
+
+STATUS = "status.json"
+
+
+def set_status(run_dir: Path, state: str, **extra: Any) -> None:
+    old = read_json(run_dir / STATUS, {}) or {}
+    old.update({"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
+                "pid": os.getpid(), **extra})
+    write_json(run_dir / STATUS, old)
+
+
+def _is_rank_zero() -> bool:
+    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0"))) == 0 and int(os.environ.get("NODE_RANK", "0")) == 0
+
+
+def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], gradient_trained: bool = True):
+    import lightning as L
+    from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
+
+    from benchmarks.callbacks import EpochSeeder, RunLoggingCallback
+    from benchmarks.logging_setup import build_loggers
+
+    trainer_cfg = dict(cfg["trainer"])
+    if not gradient_trained:   # nothing for DDP to synchronise: one process does it
+        trainer_cfg.update(devices=1, num_nodes=1)
+        trainer_cfg.pop("strategy", None)
+    callbacks: list[Any] = [
+        ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor[0], mode=monitor[1],
+                        save_last=True, save_top_k=1, enable_version_counter=False),
+        EpochSeeder(int(cfg["seed"])),
+        RunLoggingCallback(),
+    ]
+    es = cfg.get("early_stopping")
+    if es:
+        callbacks.append(EarlyStopping(monitor=es.get("monitor", monitor[0]), mode=es.get("mode", monitor[1]),
+                                       patience=int(es.get("patience", 5)), min_delta=float(es.get("min_delta", 0.0))))
+    interactive = sys.stdout.isatty() and trainer_cfg.pop("enable_progress_bar", True)
+    if interactive:
+        callbacks.append(RichProgressBar(leave=False))
+    trainer_cfg.setdefault("enable_progress_bar", bool(interactive))
+    if int(trainer_cfg.get("devices", 1) if str(trainer_cfg.get("devices", 1)).isdigit() else 2) > 1 \
+            or int(trainer_cfg.get("num_nodes", 1)) > 1:
+        trainer_cfg.setdefault("strategy", "ddp")
+    return L.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=build_loggers(cfg, run_dir),
+                     use_distributed_sampler=False, **trainer_cfg)
+
+
+def execute(run_dir: Path) -> int:
+    import lightning as L
+    import torch
+
+    from benchmarks.records import write_records
+    from datamodules.base import create_datamodule
+    from lightning_modules.base import NonFiniteLossError
+    from lightning_modules.registry import IncompatibleTaskError, create_method, get_method_class
+
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    rank_zero = _is_rank_zero()
+    started = time.time()
+    if rank_zero:
+        set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+    try:
+        L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
+        torch.set_float32_matmul_precision("high")
+        method_cls = get_method_class(cfg["method"]["name"])
+        dm = create_datamodule(cfg["dataset"]["datamodule"], **cfg["dataset"]["args"])
+        dm.augment_seed = int(cfg["seed"])
+        if rank_zero or int(os.environ.get("LOCAL_RANK", "0")) == 0:
+            dm.prepare_data()
+        dm.setup("fit")
+        args = dict(cfg["method"]["args"])
+        args.update(method_cls.datamodule_kwargs(dm, args))
+        if cfg.get("init_from"):
+            parent = run_dir.parent / cfg["init_from"]
+            ckpt = parent / "checkpoints" / "best.ckpt"
+            if not ckpt.is_file():
+                ckpt = parent / "checkpoints" / "last.ckpt"
+            if not ckpt.is_file():
+                raise FileNotFoundError(f"{parent}: the earlier stage has no checkpoint (did it finish?)")
+            args["init_checkpoint"] = str(ckpt)
+        model = create_method(cfg["method"]["name"], dm.task, **args)
+        dm.configure_input(model.image_size, model.in_chans, landmarks=model.needs_landmarks or None)
+        splits = (cfg.get("evaluation") or {}).get("splits", ["val", "test"])
+        splits = [s for s in splits if s in dm.tables]
+        model.eval_split_names = splits
+        trainer = build_trainer(cfg, run_dir, model.monitor, model.gradient_trained)
+        last = run_dir / "checkpoints" / "last.ckpt"
+        fit_start = time.time()
+        trainer.fit(model, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+        train_time = time.time() - fit_start
+        best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
+        ckpt_path = best if best and Path(best).is_file() else (str(last) if last.is_file() else None)
+        eval_start = time.time()
+        trainer.test(model, dataloaders=[dm.eval_dataloader(s) for s in splits], ckpt_path=ckpt_path, verbose=False)
+        eval_time = time.time() - eval_start
+        if trainer.is_global_zero:
+            summary = write_records(run_dir, cfg, model, dm, model.collected, timing={
+                "train_time_s": train_time, "eval_time_s": eval_time, "wall_time_s": time.time() - started,
+                "epochs": trainer.current_epoch, "train_samples": len(dm.tables["train"]) if "train" in dm.tables else 0})
+            for lg in trainer.loggers:
+                if hasattr(lg, "log_run_records"):
+                    lg.log_run_records(run_dir)
+            set_status(run_dir, "done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary,
+                       best_checkpoint=ckpt_path)
+        return 0
+    except IncompatibleTaskError as exc:
+        if rank_zero:
+            set_status(run_dir, "incompatible", error=str(exc))
+        return 3
+    except NonFiniteLossError as exc:
+        if rank_zero:
+            set_status(run_dir, "failed", error=str(exc))
+        print(f"[facebench] {cfg['run_id']}: {exc}", file=sys.stderr)
+        return 4
+    except Exception as exc:  # noqa: BLE001  (recorded, the suite goes on)
+        if rank_zero:
+            set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+        traceback.print_exc()
+        return 1
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m benchmarks.worker RUN_DIR", file=sys.stderr)
+        return 2
+    return execute(Path(argv[0]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

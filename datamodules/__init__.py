@@ -1,0 +1,1 @@
+"""facebench datamodules: one file per dataset, each holding its ``Dataset`` and ``LightningDataModule``."""

@@ -1,0 +1,3 @@
+"""Import every datamodule module so that each registers its name."""
+
+from datamodules import celeba  # noqa: F401

@@ -1,0 +1,217 @@
+"""CelebA (Liu et al., "Deep Learning Face Attributes in the Wild", ICCV 2015): the official layout.
+
+Files read (all tolerate CRLF or LF line ends, runs of spaces and trailing spaces):
+
+* ``list_attr_celeba.txt``: line 1 the row count, line 2 the attribute names, then
+  ``000001.jpg -1  1 ...`` with one +1/-1 value per name;
+* ``list_eval_partition.txt``: ``000001.jpg 0`` (0 train, 1 val, 2 test), the official split;
+* ``identity_CelebA.txt``: ``000001.jpg 2880``;
+* optional ``list_landmarks_align_celeba.txt`` (5 points in the aligned images),
+  ``list_bbox_celeba.txt`` + ``list_landmarks_celeba.txt`` with ``img_celeba/`` (in the wild).
+
+Every malformed line raises :class:`~datamodules.base.DatasetFormatError` naming the file, the
+line number and what was expected. Images go under ``img_align_celeba/`` (or ``img_celeba/`` in
+the wild variant).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from datamodules.base import DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
+from datamodules.tasks import TaskSpec
+
+#: The 40 CelebA attributes in the order of ``list_attr_celeba.txt``.
+CELEBA_ATTRIBUTES: tuple[str, ...] = (
+    "5_o_Clock_Shadow", "Arched_Eyebrows", "Attractive", "Bags_Under_Eyes", "Bald", "Bangs",
+    "Big_Lips", "Big_Nose", "Black_Hair", "Blond_Hair", "Blurry", "Brown_Hair", "Bushy_Eyebrows",
+    "Chubby", "Double_Chin", "Eyeglasses", "Goatee", "Gray_Hair", "Heavy_Makeup", "High_Cheekbones",
+    "Male", "Mouth_Slightly_Open", "Mustache", "Narrow_Eyes", "No_Beard", "Oval_Face", "Pale_Skin",
+    "Pointy_Nose", "Receding_Hairline", "Rosy_Cheeks", "Sideburns", "Smiling", "Straight_Hair",
+    "Wavy_Hair", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick", "Wearing_Necklace",
+    "Wearing_Necktie", "Young",
+)
+PARTITION_SPLITS = {0: "train", 1: "val", 2: "test"}
+LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+                    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
+BBOX_COLUMNS = ("image_id", "x_1", "y_1", "width", "height")
+
+
+def _lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: file is missing (expected CelebA's official layout)")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw[: exc.start].count(b"\n") + 1
+        raise DatasetFormatError(path, line, "is not UTF-8 / ASCII text") from None
+    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+
+
+def read_table_file(path: str | os.PathLike, n_values: int | None, *, count_line: bool, header: Sequence[str] | None,
+                    parse: Callable[[str], int] = int, what: str = "integers") -> tuple[list[str], list[str], np.ndarray]:
+    """Read a CelebA list file: optional count line, optional header line, then
+    ``<filename> v1 v2 ...`` rows. Returns (header names, filenames, values [N, n_values]).
+
+    ``header=None`` means no header line; an empty tuple means "read whatever names are there"
+    (the attribute file), in which case ``n_values`` is the number of names.
+    """
+    path = Path(path)
+    lines = _lines(path)
+    while lines and not lines[-1].strip():
+        lines.pop()
+    pos, expected_rows, names = 0, None, []
+    if count_line:
+        if not lines:
+            raise DatasetFormatError(path, 1, "expected the row count on line 1, the file is empty")
+        try:
+            expected_rows = int(lines[0].strip())
+        except ValueError:
+            raise DatasetFormatError(path, 1, f"expected the row count (an integer), got {lines[0].strip()[:60]!r}") from None
+        pos = 1
+    if header is not None:
+        if pos >= len(lines):
+            raise DatasetFormatError(path, pos + 1, "expected a header line, the file ends")
+        names = lines[pos].split()
+        if header:
+            got = [n for n in names if n != "image_id"] if "image_id" not in header else names
+            want = [n for n in header if n != "image_id"] if "image_id" not in names else list(header)
+            if got != list(want):
+                raise DatasetFormatError(path, pos + 1, f"expected header {' '.join(header)!r}, got {lines[pos].strip()[:200]!r}")
+            names = [n for n in names if n != "image_id"]
+        if n_values is None:
+            n_values = len(names)
+        pos += 1
+    assert n_values is not None
+    files: list[str] = []
+    values = np.empty((max(len(lines) - pos, 0), n_values), dtype=np.int64)
+    n = 0
+    for lineno in range(pos, len(lines)):
+        parts = lines[lineno].split()
+        if not parts:
+            raise DatasetFormatError(path, lineno + 1, f"empty line; expected '<image> followed by {n_values} {what}'")
+        if len(parts) != n_values + 1:
+            raise DatasetFormatError(path, lineno + 1, f"expected an image name and {n_values} {what}, got {len(parts) - 1} "
+                                                       f"value(s): {lines[lineno].strip()[:120]!r}")
+        try:
+            values[n] = [parse(p) for p in parts[1:]]
+        except ValueError as exc:
+            raise DatasetFormatError(path, lineno + 1, f"expected {what}: {exc}") from None
+        files.append(parts[0])
+        n += 1
+    values = values[:n]
+    if expected_rows is not None and expected_rows != n:
+        raise DatasetFormatError(path, 1, f"the count line says {expected_rows} rows but the file has {n}")
+    return names, files, values
+
+
+def _plus_minus_one(token: str) -> int:
+    if token == "1" or token == "+1":
+        return 1
+    if token == "-1":
+        return 0
+    if token == "0":
+        return -1   # some re-distributions mark unknown with 0
+    raise ValueError(f"{token!r} is not +1 or -1")
+
+
+def parse_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], np.ndarray]:
+    """``list_attr_celeba.txt`` -> (attribute names, filenames, labels in {0,1} [N, A])."""
+    names, files, values = read_table_file(path, None, count_line=True, header=(), parse=_plus_minus_one,
+                                           what="+1/-1 values")
+    if not names:
+        raise DatasetFormatError(path, 2, "expected the attribute names on line 2")
+    return names, files, values
+
+
+def _by_file(path: Path, files: list[str], values: np.ndarray) -> dict[str, np.ndarray]:
+    out = {}
+    for f, v in zip(files, values):
+        if f in out:
+            raise DatasetFormatError(path, None, f"image {f!r} is listed twice")
+        out[f] = v
+    return out
+
+
+@register_datamodule("celeba")
+class CelebADataModule(FaceDataModule):
+    """CelebA with its official split (162,770 / 19,867 / 19,962 in the full release).
+
+    ``in_the_wild=True`` reads ``img_celeba/`` with ``list_bbox_celeba.txt`` (and
+    ``list_landmarks_celeba.txt`` when present): samples then carry the face ``box``, and
+    ``crop="box"`` feeds the face region while the default ``crop="image"`` feeds the whole image
+    (for face-localisation methods such as LNets).
+    """
+
+    has_identities = True
+
+    def __init__(self, root: str | os.PathLike | None = None, *, in_the_wild: bool = False, **kwargs):
+        super().__init__(root, **kwargs)
+        if self.root is None:
+            raise ValueError("celeba: 'root' is required (the folder holding list_attr_celeba.txt)")
+        self.in_the_wild = in_the_wild
+
+    @property
+    def image_dir(self) -> str:
+        return "img_celeba" if self.in_the_wild else "img_align_celeba"
+
+    def load_tables(self) -> tuple[TaskSpec, dict[str, SampleTable]]:
+        root = self.root
+        assert root is not None
+        names, files, labels = parse_attributes(root / "list_attr_celeba.txt")
+        task = TaskSpec.binary_attributes(names, name=self.registered_name)
+        _, pfiles, pvals = read_table_file(root / "list_eval_partition.txt", 1, count_line=False, header=None,
+                                           what="partition number (0, 1 or 2)")
+        partition = _by_file(root / "list_eval_partition.txt", pfiles, pvals)
+        identities = None
+        if (root / "identity_CelebA.txt").is_file():
+            _, ifiles, ivals = read_table_file(root / "identity_CelebA.txt", 1, count_line=False, header=None,
+                                               what="identity number")
+            identities = _by_file(root / "identity_CelebA.txt", ifiles, ivals)
+        lm_name = "list_landmarks_celeba.txt" if self.in_the_wild else "list_landmarks_align_celeba.txt"
+        landmarks = None
+        if (root / lm_name).is_file():
+            _, lfiles, lvals = read_table_file(root / lm_name, 10, count_line=True, header=LANDMARK_COLUMNS,
+                                               what="landmark coordinates")
+            landmarks = _by_file(root / lm_name, lfiles, lvals)
+        boxes = None
+        if self.in_the_wild:
+            _, bfiles, bvals = read_table_file(root / "list_bbox_celeba.txt", 4, count_line=True, header=BBOX_COLUMNS,
+                                               what="box integers (x_1 y_1 width height)")
+            boxes = _by_file(root / "list_bbox_celeba.txt", bfiles, bvals)
+        image_dir = root / self.image_dir
+        if not image_dir.is_dir():
+            raise FileNotFoundError(f"{image_dir}: image folder is missing (expected CelebA's official layout)")
+        present = set(os.listdir(image_dir))
+        missing = [f for f in files if f not in present]
+        if missing:
+            raise FileNotFoundError(f"{image_dir}: {len(missing)} image(s) listed in list_attr_celeba.txt are missing, "
+                                    f"e.g. {', '.join(missing[:3])}")
+        not_partitioned = [f for f in files if f not in partition]
+        if not_partitioned:
+            raise DatasetFormatError(root / "list_eval_partition.txt", None,
+                                     f"{len(not_partitioned)} image(s) of list_attr_celeba.txt have no partition, "
+                                     f"e.g. {not_partitioned[0]}")
+        for f, p in partition.items():
+            if int(p[0]) not in PARTITION_SPLITS:
+                raise DatasetFormatError(root / "list_eval_partition.txt", pfiles.index(f) + 1,
+                                         f"partition of {f} is {int(p[0])}, expected 0, 1 or 2")
+        tables = {}
+        split_of = np.array([int(partition[f][0]) for f in files])
+        for code, split in PARTITION_SPLITS.items():
+            idx = np.flatnonzero(split_of == code)
+            sel = [files[i] for i in idx]
+            tables[split] = SampleTable(
+                paths=[f"{self.image_dir}/{f}" for f in sel],
+                labels=labels[idx],
+                identities=np.array([int(identities[f][0]) if f in identities else -1 for f in sel]) if identities else None,
+                landmarks=np.stack([landmarks[f].reshape(5, 2).astype(np.float32) for f in sel]) if landmarks and sel else None,
+                boxes=np.stack([boxes[f].astype(np.float32) for f in sel]) if boxes and sel else None,
+            )
+        return task, tables

@@ -1,0 +1,36 @@
+"""Human-readable rendering of :meth:`FaceDataModule.describe` for ``facebench inspect``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+def format_description(info: dict[str, Any]) -> str:
+    lines = [f"dataset {info['dataset']}  root {info['root']}"]
+    splits = info["splits"]
+    lines.append("samples: " + ", ".join(f"{s} {v['samples']:,}" for s, v in splits.items()))
+    if any("identities" in v for v in splits.values()):
+        lines.append("identities: " + ", ".join(f"{s} {v.get('identities', '-')}" for s, v in splits.items()))
+    if info.get("identity_overlap"):
+        lines.append("identities shared between splits: " + ", ".join(f"{k} {v}" for k, v in info["identity_overlap"].items()))
+    targets = info["task"]["targets"]
+    lines.append(f"targets ({len(targets)}): prevalence per split (binary: positive rate; others: class shares)")
+    names = list(splits)
+    lines.append(f"  {'target':<22} {'kind':<10} " + " ".join(f"{s:>8}" for s in names))
+    for t in targets:
+        if t["kind"] == "binary":
+            vals = " ".join(f"{splits[s]['prevalence'][t['name']]:>8.3f}" for s in names)
+            lines.append(f"  {t['name']:<22} {t['kind']:<10} {vals}")
+        else:
+            lines.append(f"  {t['name']:<22} {t['kind']:<10} {len(t['classes'])} classes")
+            for c in t["classes"]:
+                vals = " ".join(f"{splits[s]['prevalence'][t['name']].get(c, 0.0):>8.3f}" for s in names)
+                lines.append(f"    {c:<20} {'':<10} {vals}")
+    if "kappa" in info:
+        lines.append("rater agreement (Fleiss' kappa): " + ", ".join(f"{k} {v:.3f}" for k, v in info["kappa"].items()))
+    dups = info.get("duplicates")
+    if dups is not None:
+        lines.append(f"duplicate images (same bytes): {len(dups)} group(s)" + "".join(f"\n  {' = '.join(g)}" for g in dups[:20]))
+    skipped = info.get("skipped") or []
+    lines.append(f"files skipped: {len(skipped)}" + "".join(f"\n  {s}" for s in skipped[:20]))
+    return "\n".join(lines)

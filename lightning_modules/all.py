@@ -1,0 +1,3 @@
+"""Import every method module so that each registers its name."""
+
+from lightning_modules import baselines  # noqa: F401

@@ -1,0 +1,237 @@
+"""The base LightningModule every method builds on.
+
+A method subclasses :class:`FaceAttributeTask` and fills three hooks (torchgeo style):
+``configure_models`` (layers), ``configure_losses`` (default: the task's sigmoid / softmax
+cross-entropy) and, rarely, ``configure_metrics``. Training, validation, the gathering of test
+predictions under DDP, optimisers and schedulers from config, parameter and FLOP counts are here.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, ClassVar
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from datamodules.tasks import TaskSpec
+from lightning_modules.metrics import TaskMetrics
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or infinite: the run stops, the suite goes on."""
+
+
+def _gather(t: torch.Tensor) -> torch.Tensor:
+    """All-gather a tensor with per-rank first dimensions of any size (no-op outside DDP)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1:
+        from torchmetrics.utilities.distributed import gather_all_tensors
+
+        return torch.cat(gather_all_tensors(t.contiguous()))
+    return t
+
+
+class FaceAttributeTask(L.LightningModule):
+    """Base of all methods.
+
+    Args:
+        task: the dataset's :class:`TaskSpec` (or its dict form, as stored in checkpoints).
+        optimizer: ``{"name": <torch.optim class>, **kwargs}``; default per method (``default_optimizer``).
+        scheduler: ``{"name": <torch.optim.lr_scheduler class>, "interval": "epoch"|"step", **kwargs}``;
+            the string values ``"max_epochs"`` and ``"total_steps"`` are replaced by the trainer's.
+        input_size, in_chans: network input (default: the method's ``input_size`` / ``input_channels``).
+        init_checkpoint: weights of an earlier stage (a Lightning ``.ckpt`` or a state dict file).
+        soft_targets: train multi-class targets on rater-vote distributions when the batch has them.
+    """
+
+    method_name: ClassVar[str] = ""
+    task_kinds: ClassVar[frozenset[str]] = frozenset({"binary"})
+    input_size: ClassVar[int] = 64
+    input_channels: ClassVar[int] = 3
+    needs_landmarks: ClassVar[bool] = False
+    #: False for methods with nothing to optimise by gradient (they run on one device, no DDP).
+    gradient_trained: ClassVar[bool] = True
+    default_optimizer: ClassVar[dict] = {"name": "AdamW", "lr": 1e-3, "weight_decay": 1e-4}
+    default_scheduler: ClassVar[dict | None] = {"name": "CosineAnnealingLR", "T_max": "max_epochs", "interval": "epoch"}
+    monitor: ClassVar[tuple[str, str]] = ("val/loss", "min")
+
+    def __init__(self, task: TaskSpec | dict, *, optimizer: dict | None = None, scheduler: dict | None = None,
+                 input_size: int | None = None, in_chans: int | None = None, init_checkpoint: str | None = None,
+                 soft_targets: bool = False):
+        super().__init__()
+        self.task = TaskSpec.from_dict(task) if isinstance(task, dict) else task
+        self.save_hyperparameters(ignore=["task"])   # every constructor argument of the whole class chain
+        self.hparams["task"] = self.task.to_dict()
+        self.image_size = input_size or self.input_size
+        self.in_chans = in_chans or self.input_channels
+        self.optimizer_cfg = dict(optimizer or self.default_optimizer)
+        self.scheduler_cfg = dict(scheduler) if scheduler is not None else (dict(self.default_scheduler) if self.default_scheduler else None)
+        self.use_soft_targets = soft_targets
+        self.eval_split_names: list[str] = ["test"]
+        self.collected: dict[str, dict[str, np.ndarray]] = {}
+        self._buffers_out: dict[int, dict[str, list[torch.Tensor]]] = {}
+        self.configure_models()
+        self.configure_losses()
+        self.configure_metrics()
+        if init_checkpoint:
+            self.load_init_checkpoint(init_checkpoint)
+
+    @classmethod
+    def config_keys(cls) -> set[str]:
+        keys: set[str] = set()
+        for klass in cls.__mro__:
+            if "__init__" in vars(klass) and issubclass(klass, FaceAttributeTask):
+                params = inspect.signature(klass.__init__).parameters
+                keys |= {n for n, p in params.items() if n not in ("self", "task") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+        return keys
+
+    @classmethod
+    def check_config(cls, cfg: dict) -> None:
+        allowed = cls.config_keys()
+        unknown = sorted(set(cfg) - allowed)
+        if unknown:
+            raise ValueError(f"method {cls.method_name!r}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+
+    @classmethod
+    def reference_config(cls) -> dict[str, Any]:
+        """Constructor arguments for ``facebench list methods`` (e.g. a number of identities)."""
+        return {}
+
+    @classmethod
+    def datamodule_kwargs(cls, dm: Any, args: dict[str, Any]) -> dict[str, Any]:
+        """Constructor arguments derived from the datamodule (e.g. the number of training identities)."""
+        return {}
+
+    # -- hooks ---------------------------------------------------------------------------------------
+    def configure_models(self) -> None:
+        raise NotImplementedError
+
+    def configure_losses(self) -> None:
+        self.criterion = self.task.loss
+
+    def configure_metrics(self) -> None:
+        self.val_metrics = TaskMetrics(self.task, auroc=True)
+
+    def logits(self, batch: dict[str, Any]) -> torch.Tensor:
+        """Logits ``[B, task.n_logits]`` for a batch; override when a method needs more than the image."""
+        return self(batch["image"])
+
+    def probabilities(self, batch: dict[str, Any], logits: torch.Tensor | None = None) -> torch.Tensor:
+        """Probabilities ``[B, task.n_logits]`` in the task's layout (what records and metrics see)."""
+        return self.task.probabilities(self.logits(batch) if logits is None else logits)
+
+    def compute_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        soft = batch.get("soft_label") if self.use_soft_targets else None
+        return self.criterion(logits, batch["label"], soft_targets=soft)
+
+    def load_init_checkpoint(self, path: str) -> None:
+        """Initialise from an earlier stage; default: load every parameter whose name and shape match."""
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = state.get("state_dict", state)
+        own = self.state_dict()
+        matched = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+        if not matched:
+            raise ValueError(f"{path}: no parameter matches {type(self).__name__} (is it a checkpoint of an earlier stage?)")
+        self.load_state_dict(matched, strict=False)
+
+    # -- steps ---------------------------------------------------------------------------------------
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss = self.compute_loss(self.logits(batch), batch)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(f"{self.method_name}: training loss is {loss.item()} at epoch {self.current_epoch}, "
+                                     f"step {self.global_step}; lower the learning rate or check the inputs")
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        logits = self.logits(batch)
+        loss = self.compute_loss(logits, batch)
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        self.val_metrics.update(self.probabilities(batch, logits), batch["label"])
+
+    def on_validation_epoch_end(self) -> None:
+        for name, value in self.val_metrics.compute_summary().items():
+            self.log(f"val/{name}", value, sync_dist=False)
+        self.val_metrics.reset()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
+        probs = self.probabilities(batch)
+        buf = self._buffers_out.setdefault(dataloader_idx, {})
+        parts = {"probs": probs, "labels": batch["label"], "index": batch["index"]}
+        for name, v in (batch.get("votes") or {}).items():
+            parts[f"votes/{name}"] = v
+        for k, v in parts.items():
+            buf.setdefault(k, []).append(v.detach())
+
+    def on_test_epoch_start(self) -> None:
+        self._buffers_out = {}
+        self.collected = {}
+
+    def on_test_epoch_end(self) -> None:
+        """Gather every rank's predictions, drop the duplicates DDP's sampler pads with, sort by index."""
+        for idx, buf in self._buffers_out.items():
+            split = self.eval_split_names[idx] if idx < len(self.eval_split_names) else f"split{idx}"
+            gathered = {k: _gather(torch.cat(v)).cpu() for k, v in buf.items()}
+            index = gathered["index"].numpy()
+            _, first = np.unique(index, return_index=True)
+            self.collected[split] = {k: v.numpy()[first] for k, v in gathered.items()}
+        self._buffers_out = {}
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        return self.probabilities(batch)
+
+    # -- optimisation --------------------------------------------------------------------------------
+    def _resolve(self, value: Any) -> Any:
+        if value == "max_epochs":
+            return max(int(self.trainer.max_epochs or 1), 1)
+        if value == "total_steps":
+            return max(int(self.trainer.estimated_stepping_batches), 1)
+        return value
+
+    def optimizer_parameters(self) -> Any:
+        """Parameters to optimise (default: all that require grad)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def configure_optimizers(self) -> Any:
+        cfg = dict(self.optimizer_cfg)
+        name = cfg.pop("name")
+        if not hasattr(torch.optim, name):
+            raise ValueError(f"optimizer name {name!r} is not a torch.optim class")
+        opt = getattr(torch.optim, name)(self.optimizer_parameters(), **cfg)
+        if not self.scheduler_cfg:
+            return opt
+        scfg = {k: self._resolve(v) for k, v in self.scheduler_cfg.items()}
+        sname, interval = scfg.pop("name"), scfg.pop("interval", "epoch")
+        monitor = scfg.pop("monitor", self.monitor[0])
+        if not hasattr(torch.optim.lr_scheduler, sname):
+            raise ValueError(f"scheduler name {sname!r} is not a torch.optim.lr_scheduler class")
+        sched = getattr(torch.optim.lr_scheduler, sname)(opt, **scfg)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
+
+    # -- efficiency ----------------------------------------------------------------------------------
+    def parameter_count(self, trainable_only: bool = False) -> int:
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
+
+    def example_batch(self, batch_size: int = 1) -> dict[str, Any]:
+        """A random batch of the method's input shape (used for FLOP counting and shape tests)."""
+        s = self.image_size
+        batch: dict[str, Any] = {"image": torch.randn(batch_size, self.in_chans, s, s, device=self.device),
+                                 "label": torch.zeros(batch_size, self.task.n_label_slots, dtype=torch.long, device=self.device)}
+        if self.needs_landmarks:
+            batch["landmarks"] = torch.rand(batch_size, 68, 2, device=self.device) * s
+        return batch
+
+    @torch.no_grad()
+    def flops_per_image(self) -> int:
+        """Forward FLOPs for one image as counted by ``torch.utils.flop_counter`` (2 per multiply-add)."""
+        from torch.utils.flop_counter import FlopCounterMode
+
+        was_training = self.training
+        self.eval()
+        counter = FlopCounterMode(display=False)
+        with counter:
+            self.logits(self.example_batch(1))
+        self.train(was_training)
+        return int(counter.get_total_flops())

@@ -1,0 +1,130 @@
+"""Reference methods: the majority-class baseline and a timm backbone with one logit per output."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from lightning_modules.base import FaceAttributeTask
+from lightning_modules.registry import register_method
+
+
+@register_method("majority")
+class MajorityBaseline(FaceAttributeTask):
+    """Predicts each target's training prior for every image: the "Baseline" column of the
+    MCNN-AUX paper's Tables 2 and 3 (always the majority class; AUROC 0.5 by construction).
+
+    It runs through the ordinary loop: one pass over the training split counts the labels
+    (summed across DDP ranks), nothing is optimised.
+    """
+
+    task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
+    default_scheduler = None
+    gradient_trained = False
+
+    def __init__(self, task: Any, **kwargs: Any):
+        super().__init__(task, **kwargs)
+        self.automatic_optimization = False
+
+    def configure_models(self) -> None:
+        self.register_buffer("counts", torch.zeros(self.task.n_logits, dtype=torch.float64))
+        self.register_buffer("totals", torch.zeros(self.task.n_logits, dtype=torch.float64))
+        self.register_buffer("prior_logits", torch.zeros(self.task.n_logits))
+        self._epoch_counts = torch.zeros(self.task.n_logits, dtype=torch.float64)
+        self._epoch_totals = torch.zeros(self.task.n_logits, dtype=torch.float64)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.prior_logits.unsqueeze(0).expand(image.shape[0], -1)
+
+    def probabilities(self, batch: dict[str, Any], logits: torch.Tensor | None = None) -> torch.Tensor:
+        # one probability vector, repeated: exactly equal scores (AUROC exactly 0.5)
+        prior = self.task.probabilities(self.prior_logits.unsqueeze(0))
+        return prior.expand(batch["image"].shape[0], -1).contiguous()
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        y = batch["label"].cpu()
+        for t, ls, ys in zip(self.task.targets, self.task.logit_slices, self.task.label_slices):
+            yt = y[:, ys]
+            if t.kind in ("binary", "multilabel"):
+                valid = (yt >= 0).double()
+                self._epoch_counts[ls] += ((yt == 1).double() * valid).sum(0)
+                self._epoch_totals[ls] += valid.sum(0)
+            else:
+                v = yt[:, 0]
+                v = v[v >= 0]
+                self._epoch_counts[ls] += torch.bincount(v, minlength=t.n_classes).double()
+                self._epoch_totals[ls] += float(len(v))
+        return None
+
+    def on_validation_epoch_start(self) -> None:
+        self._set_prior()   # validation inside fit runs before on_train_epoch_end
+
+    def on_train_epoch_end(self) -> None:
+        self._set_prior()
+        self._epoch_counts.zero_()
+        self._epoch_totals.zero_()
+
+    def _set_prior(self) -> None:
+        """Training prior from this epoch's counts, summed over DDP ranks."""
+        counts = self.trainer.strategy.reduce(self._epoch_counts.to(self.device), reduce_op="sum")
+        totals = self.trainer.strategy.reduce(self._epoch_totals.to(self.device), reduce_op="sum")
+        if float(totals.sum()) == 0:
+            return
+        self.counts.copy_(counts.to(self.counts))
+        self.totals.copy_(totals.to(self.totals))
+        prior = (self.counts / self.totals.clamp(min=1)).clamp(1e-6, 1 - 1e-6)
+        logits = torch.empty_like(prior)
+        for t, ls in zip(self.task.targets, self.task.logit_slices):
+            p = prior[ls]
+            logits[ls] = torch.log(p / (1 - p)) if t.kind in ("binary", "multilabel") else torch.log(p)
+        self.prior_logits.copy_(logits.float())
+
+    def configure_optimizers(self) -> None:
+        return None
+
+
+@register_method("timm")
+class TimmBaseline(FaceAttributeTask):
+    """A modern baseline: any timm backbone with one output per logit of the task, trained with the
+    task's sigmoid / softmax cross-entropy (AdamW, cosine schedule).
+
+    Args:
+        backbone: a timm model name (``timm.list_models()``), default ``resnet18``.
+        pretrained: load timm's ImageNet weights (needs the network or a local ``pretrained_file``).
+        pretrained_file: a local weights file for the backbone (offline pre-training).
+        drop_rate: dropout before the classifier.
+    """
+
+    task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
+
+    def __init__(self, task: Any, *, backbone: str = "resnet18", pretrained: bool = False,
+                 pretrained_file: str | None = None, drop_rate: float = 0.0, **kwargs: Any):
+        self.backbone_name, self.pretrained, self.pretrained_file, self.drop_rate = backbone, pretrained, pretrained_file, drop_rate
+        super().__init__(task, **kwargs)
+
+    def configure_models(self) -> None:
+        self.net = create_timm_model(self.backbone_name, pretrained=self.pretrained, pretrained_file=self.pretrained_file,
+                                     num_classes=self.task.n_logits, in_chans=self.in_chans, drop_rate=self.drop_rate)
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        return self.net(image)
+
+
+def create_timm_model(name: str, *, pretrained: bool = False, pretrained_file: str | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with a one-line error when pre-trained weights cannot be fetched offline."""
+    import timm
+
+    if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
+        raise ValueError(f"timm has no model {name!r} (see timm.list_models())")
+    if pretrained_file:
+        kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
+        pretrained = True
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except Exception as exc:  # network / hub errors come in many types
+        if not pretrained:
+            raise
+        raise RuntimeError(f"could not load pre-trained weights for timm model {name!r} ({type(exc).__name__}); "
+                           f"this machine may be offline: set pretrained: false or give pretrained_file: <local weights>") from None
