@@ -5,6 +5,7 @@
     facebench synth --format celeba --out DIR --n N --seed S
     facebench inspect --dataset NAME --root DIR [--json] [--set key=value ...]
     facebench list {methods,datasets,suites} [--json]
+    facebench analyze NAME [ARGS...]      (analyses registered by method modules)
 """
 
 from __future__ import annotations
@@ -126,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "analyze":
+        from lightning_modules.registry import analysis_names, run_analysis
+
+        if len(argv) < 2 or argv[1] in ("-h", "--help"):
+            print("usage: facebench analyze NAME [ARGS...]\nanalyses: " + ", ".join(analysis_names()))
+            return 0 if len(argv) >= 2 else 2
+        return run_analysis(argv[1], argv[2:])
     if argv and argv[0] == "synth":
         from datamodules.synthetic import main as synth_main
 

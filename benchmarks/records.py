@@ -29,13 +29,14 @@ def load_predictions(run_dir: Path, split: str) -> dict[str, np.ndarray]:
         return {k: z[k] for k in z.files}
 
 
-def evaluate_run(task: TaskSpec, preds: dict[str, dict[str, np.ndarray]]) -> pd.DataFrame:
+def evaluate_run(task: TaskSpec, preds: dict[str, dict[str, np.ndarray]], model: Any = None) -> pd.DataFrame:
     """All metrics of a run from its predictions (one long table over splits)."""
     from lightning_modules.metrics import evaluate
 
     frames = []
     for split, p in preds.items():
-        df = evaluate(task, p["probs"], p["labels"])
+        custom = model.evaluate_predictions(split, p) if model is not None else None
+        df = custom if custom is not None else evaluate(task, p["probs"], p["labels"])
         df.insert(0, "split", split)
         df["n_samples"] = len(p["labels"])
         frames.append(df)
@@ -56,7 +57,7 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
         flops = model.flops_per_image()
     except Exception:  # noqa: BLE001  (a method whose forward cannot be traced still gets its results)
         flops = -1
-    metrics = evaluate_run(task, preds)
+    metrics = evaluate_run(task, preds, model)
     if metrics.empty:
         write_csv(run_dir / "metrics.csv", metrics)
         return {}

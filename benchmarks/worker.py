@@ -101,7 +101,8 @@ def execute(run_dir: Path) -> int:
                 raise FileNotFoundError(f"{parent}: the earlier stage has no checkpoint (did it finish?)")
             args["init_checkpoint"] = str(ckpt)
         model = create_method(cfg["method"]["name"], dm.task, **args)
-        dm.configure_input(model.image_size, model.in_chans, landmarks=model.needs_landmarks or None)
+        dm.configure_input(model.image_size, model.in_chans, landmarks=model.needs_landmarks or None,
+                           train_defaults=model.default_train_transforms)
         splits = (cfg.get("evaluation") or {}).get("splits", ["val", "test"])
         splits = [s for s in splits if s in dm.tables]
         model.eval_split_names = splits

@@ -210,6 +210,7 @@ class FaceDataModule(L.LightningDataModule):
             if key not in valid:
                 raise ValueError(f"unknown transform option {key!r}; allowed: {', '.join(sorted(valid))}")
         base = {"image_size": image_size, "channels": channels, **(transforms or {})}
+        self._explicit_train_keys = set(transforms or {}) | set(train_transforms or {})
         self.eval_cfg = TransformConfig(**base)
         self.train_cfg = TransformConfig(**{**base, **(train_transforms or {})})
         self.augment_seed = seed   # the runner sets the run's seed here (data order, augmentation)
@@ -284,12 +285,26 @@ class FaceDataModule(L.LightningDataModule):
         """Deterministic loader of any split (no augmentation), for evaluation and features."""
         return self._loader(split, shuffle=False, train=False)
 
-    def configure_input(self, image_size: int, channels: int, landmarks: bool | None = None) -> None:
-        """Set the network input the method asks for (called by the runner after creating the method)."""
+    def configure_input(self, image_size: int, channels: int, landmarks: bool | None = None,
+                        train_defaults: dict[str, Any] | None = None) -> None:
+        """Set the network input the method asks for (called by the runner after creating the method);
+        ``train_defaults`` is the method's own training augmentation (its paper's), applied to every
+        field the suite did not set explicitly."""
         self.eval_cfg.image_size = self.train_cfg.image_size = image_size
         self.eval_cfg.channels = self.train_cfg.channels = channels
         if landmarks is not None:
             self.want_landmarks = landmarks
+        for key, value in (train_defaults or {}).items():
+            if key not in self._explicit_train_keys:
+                setattr(self.train_cfg, key, value)
+
+    def identity_classes(self, split: str = "train") -> list[int]:
+        """Sorted identity ids of a split (for identity pre-training heads)."""
+        self.setup()
+        ids = self.tables[split].identities
+        if ids is None:
+            raise ValueError(f"{self.registered_name}: the {split} split has no identities")
+        return sorted(int(i) for i in np.unique(ids) if i >= 0)
 
     # -- description -------------------------------------------------------------------------------
     def describe(self, check_files: bool = True) -> dict[str, Any]:

@@ -51,6 +51,8 @@ class FaceAttributeTask(L.LightningModule):
     input_size: ClassVar[int] = 64
     input_channels: ClassVar[int] = 3
     needs_landmarks: ClassVar[bool] = False
+    #: The paper's training augmentation (TransformConfig fields), applied unless the suite sets them.
+    default_train_transforms: ClassVar[dict[str, Any]] = {}
     #: False for methods with nothing to optimise by gradient (they run on one device, no DDP).
     gradient_trained: ClassVar[bool] = True
     default_optimizer: ClassVar[dict] = {"name": "AdamW", "lr": 1e-3, "weight_decay": 1e-4}
@@ -135,6 +137,12 @@ class FaceAttributeTask(L.LightningModule):
         if not matched:
             raise ValueError(f"{path}: no parameter matches {type(self).__name__} (is it a checkpoint of an earlier stage?)")
         self.load_state_dict(matched, strict=False)
+
+    def evaluate_predictions(self, split: str, arrays: dict[str, np.ndarray]) -> "Any | None":
+        """Metrics rows for methods whose outputs are not in the task layout (e.g. regression):
+        return a DataFrame with columns target, class, metric, value; ``None`` uses the standard
+        task metrics on ``arrays["probs"]`` / ``arrays["labels"]``."""
+        return None
 
     # -- steps ---------------------------------------------------------------------------------------
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:

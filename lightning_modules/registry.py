@@ -55,3 +55,31 @@ def create_method(name: str, task: "TaskSpec", **cfg: Any) -> "FaceAttributeTask
             f"target(s): {', '.join(t.name for t in task.targets if t.kind in unsupported)}")
     cls.check_config(cfg)
     return cls(task=task, **cfg)
+
+
+_ANALYSES: dict[str, Callable[[list[str]], int]] = {}
+
+
+def register_analysis(name: str) -> Callable[[Callable[[list[str]], int]], Callable[[list[str]], int]]:
+    """Register an analysis command: ``facebench analyze NAME ARGS...`` calls ``fn(ARGS)``; the
+    function parses its own arguments (argparse, ``prog=f"facebench analyze {name}"``)."""
+
+    def deco(fn: Callable[[list[str]], int]) -> Callable[[list[str]], int]:
+        if name in _ANALYSES and _ANALYSES[name] is not fn:
+            raise ValueError(f"analysis {name!r} registered twice")
+        _ANALYSES[name] = fn
+        return fn
+
+    return deco
+
+
+def analysis_names() -> list[str]:
+    _load_all()
+    return sorted(_ANALYSES)
+
+
+def run_analysis(name: str, argv: list[str]) -> int:
+    _load_all()
+    if name not in _ANALYSES:
+        raise ValueError(f"unknown analysis {name!r}; available: {', '.join(sorted(_ANALYSES)) or 'none'}")
+    return _ANALYSES[name](argv)
