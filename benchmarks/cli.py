@@ -5,6 +5,7 @@
     facebench synth --format celeba --out DIR --n N --seed S
     facebench inspect --dataset NAME --root DIR [--json] [--set key=value ...]
     facebench list {methods,datasets,suites} [--json]
+    facebench predict --run RUN_DIR IMAGES... [--detect] [--out CSV]
     facebench analyze NAME [ARGS...]      (analyses registered by method modules)
 """
 
@@ -134,6 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print("usage: facebench analyze NAME [ARGS...]\nanalyses: " + ", ".join(analysis_names()))
             return 0 if len(argv) >= 2 else 2
         return run_analysis(argv[1], argv[2:])
+    if argv and argv[0] == "predict":
+        from benchmarks.predict import main as predict_main
+
+        return predict_main(argv[1:])
     if argv and argv[0] == "synth":
         from datamodules.synthetic import main as synth_main
 

@@ -122,7 +122,10 @@ def execute(run_dir: Path) -> int:
                 "epochs": trainer.current_epoch, "train_samples": len(dm.tables["train"]) if "train" in dm.tables else 0})
             for lg in trainer.loggers:
                 if hasattr(lg, "log_run_records"):
-                    lg.log_run_records(run_dir)
+                    try:
+                        lg.log_run_records(run_dir, summary)
+                    except Exception as exc:  # noqa: BLE001  (logging never costs a finished run)
+                        print(f"[facebench] W&B logging of records failed: {exc}", file=sys.stderr)
             set_status(run_dir, "done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary,
                        best_checkpoint=ckpt_path)
         return 0
