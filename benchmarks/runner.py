@@ -99,22 +99,14 @@ def run_one(suite: Suite, run: RunSpec, force: bool = False, in_process: bool = 
         if parent.get("state") != "done":
             return RunOutcome(run, "blocked", message=f"needs {run.depends_on} ({parent.get('state', 'not run')})")
     distributed = _distributed_launch()
-    if not distributed and not acquire_lock(run_dir):
+    if distributed:
+        return _run_distributed(suite, run, run_dir, force)
+    if not acquire_lock(run_dir):
         return RunOutcome(run, "busy", message=str(run_dir / "lock"))
     t0 = time.time()
     try:
-        if force or status.get("config_hash") not in (None, run.config_hash):
-            for p in run_dir.iterdir():
-                if p.name != "lock":
-                    shutil.rmtree(p) if p.is_dir() else p.unlink()
-        write_yaml(run_dir / "config.yaml", run.config)
-        if not (run_dir / STATUS).is_file() or force:
-            write_json(run_dir / STATUS, {"state": "pending", "config_hash": run.config_hash})
-        else:
-            st = read_json(run_dir / STATUS, {})
-            st["config_hash"] = run.config_hash
-            write_json(run_dir / STATUS, st)
-        if distributed or in_process:
+        _prepare_run_dir(run, run_dir, status, force)
+        if in_process:
             from benchmarks.worker import execute
 
             execute(run_dir)
@@ -122,8 +114,42 @@ def run_one(suite: Suite, run: RunSpec, force: bool = False, in_process: bool = 
             env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
             subprocess.run([sys.executable, "-m", "benchmarks.worker", str(run_dir)], cwd=REPO_ROOT, env=env)
     finally:
-        if not distributed:
-            release_lock(run_dir)
+        release_lock(run_dir)
+    return _outcome(run, run_dir, t0)
+
+
+def _prepare_run_dir(run: RunSpec, run_dir: Path, status: dict[str, Any], force: bool) -> None:
+    """Clear a run directory that is forced or holds another config, then write config and status."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if force or status.get("config_hash") not in (None, run.config_hash):
+        for p in run_dir.iterdir():
+            if p.name != "lock":
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+    write_yaml(run_dir / "config.yaml", run.config)
+    st = {} if force else (read_json(run_dir / STATUS, {}) or {})
+    st.setdefault("state", "pending")
+    st["config_hash"] = run.config_hash
+    write_json(run_dir / STATUS, st)
+
+
+def _run_distributed(suite: Suite, run: RunSpec, run_dir: Path, force: bool) -> RunOutcome:
+    """Launched by torchrun / SLURM: every rank executes the run in-process; rank 0 owns the files.
+    A barrier after each run keeps the ranks in step (all see rank 0's final status)."""
+    import torch.distributed as dist
+
+    from benchmarks.worker import execute
+
+    t0 = time.time()
+    rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
+    if rank == 0:
+        _prepare_run_dir(run, run_dir, read_json(run_dir / STATUS, {}) or {}, force)
+    execute(run_dir, cfg=run.config)
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+    return _outcome(run, run_dir, t0)
+
+
+def _outcome(run: RunSpec, run_dir: Path, t0: float) -> RunOutcome:
     st = read_json(run_dir / STATUS, {}) or {}
     state = st.get("state", "failed")
     if state == "running":       # the worker died without writing its end state

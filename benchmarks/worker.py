@@ -67,7 +67,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], 
                      use_distributed_sampler=False, **trainer_cfg)
 
 
-def execute(run_dir: Path) -> int:
+def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
     import lightning as L
     import torch
 
@@ -76,7 +76,8 @@ def execute(run_dir: Path) -> int:
     from lightning_modules.base import NonFiniteLossError
     from lightning_modules.registry import IncompatibleTaskError, create_method, get_method_class
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    if cfg is None:
+        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     rank_zero = _is_rank_zero()
     started = time.time()
     if rank_zero:
