@@ -1,8 +1,12 @@
-"""Leaderboards from result records alone (``facebench report RESULTS_DIR``).
+"""Leaderboards, tables and figures from result records alone (``facebench report RESULTS_DIR``).
 
 ``leaderboard.csv`` is long: one row per (method, dataset, split, seed, target, class) with one
 column per metric, then the columns naming what produced it (method name, config hash, git commit,
 package versions). ``leaderboard_info.json`` records the command, commit and time of the report.
+``tables/`` holds the comparison tables (attributes x methods, with the papers' published numbers
+next to ours), the rater-agreement tables and confusion matrices as CSV / Markdown / HTML
+(:mod:`benchmarks.tables`); ``figures/`` the ROC curves and reliability diagrams
+(:mod:`benchmarks.figures`, PNG, git-ignored).
 """
 
 from __future__ import annotations
@@ -12,21 +16,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.io import read_json, write_csv, write_json
+from benchmarks.io import write_csv, write_json
 from benchmarks.provenance import git_commit, machine, package_versions
-from benchmarks.worker import STATUS
+from benchmarks.records import finished_run_dirs
 
 KEYS = ["method", "dataset", "split", "seed", "target", "class"]
 LEADING_METRICS = ["accuracy", "balanced_accuracy", "auroc"]
+#: Metric families that are matrices, not per-row scores: kept in metrics.csv and the tables, not pivoted.
+MATRIX_METRIC_PREFIXES = ("confusion:",)
 
 
 def collect_metrics(results_dir: str | Path) -> pd.DataFrame:
     """Concatenate ``metrics.csv`` of every finished run under ``results_dir`` (searched recursively)."""
     frames = []
-    for status_path in sorted(Path(results_dir).rglob(STATUS)):
-        path = status_path.parent / "metrics.csv"
-        st = read_json(status_path, {}) or {}
-        if st.get("state") != "done" or not path.is_file():
+    for run_dir in finished_run_dirs(results_dir):
+        path = run_dir / "metrics.csv"
+        if not path.is_file():
             continue
         try:
             df = pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])
@@ -45,6 +50,7 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
     """Long metrics -> one row per (method, dataset, split, seed, target, class), metrics as columns."""
     if metrics.empty:
         return metrics
+    metrics = metrics[~metrics["metric"].str.startswith(MATRIX_METRIC_PREFIXES)]
     provenance_cols = [c for c in metrics.columns if c not in KEYS + ["metric", "value", "n_samples"] and c not in ("run_id",)]
     wide = metrics.pivot_table(index=KEYS, columns="metric", values="value", aggfunc="first").reset_index()
     wide.columns.name = None
@@ -67,18 +73,50 @@ def summary_table(board: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return out.reset_index().sort_values(["dataset", cols[0] if cols else "method"], ascending=[True, False])
 
 
-def build_reports(results_dir: str | Path, suite_name: str | None = None, command: str = "") -> pd.DataFrame:
-    results_dir = Path(results_dir)
-    board = leaderboard(collect_metrics(results_dir))
-    if board.empty:
-        print(f"[facebench] no finished runs under {results_dir}")
-        return board
+def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | None, command: str) -> None:
     write_csv(results_dir / "leaderboard.csv", board, float_format="%.6g")
     write_json(results_dir / "leaderboard_info.json", {
         "suite": suite_name or results_dir.name, "command": command, "git_commit": git_commit(),
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(), "machine": machine()})
+
+
+def write_report_tables(metrics: pd.DataFrame, results_dir: Path) -> list[Path]:
+    """Comparison / agreement / confusion tables into ``results_dir/tables`` (with the papers' numbers)."""
+    from benchmarks.tables import load_reported, write_tables
+
+    return write_tables(metrics, results_dir / "tables", reported=load_reported())
+
+
+def write_report_figures(results_dir: Path) -> list[Path]:
+    """ROC curves and reliability diagrams into ``results_dir/figures``."""
+    from benchmarks.figures import write_figures
+
+    return write_figures(results_dir, results_dir / "figures")
+
+
+def print_summary(board: pd.DataFrame, results_dir: Path) -> None:
     table = summary_table(board)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(f"\n[facebench] {results_dir / 'leaderboard.csv'}: test split, mean over attributes\n")
         print(table.to_string(index=False))
+
+
+def build_reports(results_dir: str | Path, suite_name: str | None = None, command: str = "",
+                  tables: bool = True, figures: bool = True) -> pd.DataFrame:
+    """Rebuild every report of ``results_dir`` from its result records: leaderboard, tables, figures."""
+    results_dir = Path(results_dir)
+    metrics = collect_metrics(results_dir)
+    board = leaderboard(metrics)
+    if board.empty:
+        print(f"[facebench] no finished runs under {results_dir}")
+        return board
+    write_leaderboard(board, results_dir, suite_name, command)
+    written: list[Path] = []
+    if tables:
+        written += write_report_tables(metrics, results_dir)
+    if figures:
+        written += write_report_figures(results_dir)
+    print_summary(board, results_dir)
+    if written:
+        print(f"[facebench] {len(written)} table / figure files in {results_dir / 'tables'} and {results_dir / 'figures'}")
     return board

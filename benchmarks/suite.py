@@ -44,7 +44,7 @@ MATRIX_KEYS = {"exclude"}
 LOGGING_KEYS = {"wandb", "csv"}
 WANDB_KEYS = {"enabled", "mode", "project", "entity", "tags", "log_model"}
 EARLY_STOPPING_KEYS = {"monitor", "mode", "patience", "min_delta"}
-EVALUATION_KEYS = {"splits", "tune_thresholds_on"}
+EVALUATION_KEYS = {"splits", "tune_thresholds_on", "threshold_criterion"}
 
 DEFAULT_TRAINER = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "32-true",
                    "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_model_summary": False}

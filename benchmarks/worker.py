@@ -22,10 +22,17 @@ import yaml
 from benchmarks.io import read_json, write_json
 
 STATUS = "status.json"
+#: Datamodule arguments of every suite run unless its config sets them: the decoded-image cache
+#: (``auto``: on for file-backed splits of at least 1000 images that fit on disk; see
+#: :mod:`datamodules.cache`). Tests and library use keep the datamodule's own default (off).
+SUITE_DATAMODULE_DEFAULTS: dict[str, Any] = {"image_cache": "auto"}
 
 
 def set_status(run_dir: Path, state: str, **extra: Any) -> None:
     old = read_json(run_dir / STATUS, {}) or {}
+    if state in ("running", "done"):   # an earlier attempt's error no longer describes the run
+        old.pop("error", None)
+        old.pop("traceback", None)
     old.update({"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
                 "pid": os.getpid(), **extra})
     write_json(run_dir / STATUS, old)
@@ -86,7 +93,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
         torch.set_float32_matmul_precision("high")
         method_cls = get_method_class(cfg["method"]["name"])
-        dm = create_datamodule(cfg["dataset"]["datamodule"], **cfg["dataset"]["args"])
+        dm = create_datamodule(cfg["dataset"]["datamodule"], **{**SUITE_DATAMODULE_DEFAULTS, **cfg["dataset"]["args"]})
         dm.augment_seed = int(cfg["seed"])
         if rank_zero or int(os.environ.get("LOCAL_RANK", "0")) == 0:
             dm.prepare_data()

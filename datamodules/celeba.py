@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -55,7 +55,8 @@ def _lines(path: Path) -> list[str]:
 
 
 def read_table_file(path: str | os.PathLike, n_values: int | None, *, count_line: bool, header: Sequence[str] | None,
-                    parse: Callable[[str], int] = int, what: str = "integers") -> tuple[list[str], list[str], np.ndarray]:
+                    parse: Callable[[str], Any] = int, what: str = "integers",
+                    dtype: Any = np.int64) -> tuple[list[str], list[str], np.ndarray]:
     """Read a CelebA list file: optional count line, optional header line, then
     ``<filename> v1 v2 ...`` rows. Returns (header names, filenames, values [N, n_values]).
 
@@ -90,7 +91,7 @@ def read_table_file(path: str | os.PathLike, n_values: int | None, *, count_line
         pos += 1
     assert n_values is not None
     files: list[str] = []
-    values = np.empty((max(len(lines) - pos, 0), n_values), dtype=np.int64)
+    values = np.empty((max(len(lines) - pos, 0), n_values), dtype=dtype)
     n = 0
     for lineno in range(pos, len(lines)):
         parts = lines[lineno].split()
@@ -215,3 +216,16 @@ class CelebADataModule(FaceDataModule):
                 boxes=np.stack([boxes[f].astype(np.float32) for f in sel]) if boxes and sel else None,
             )
         return task, tables
+
+
+@register_datamodule("celeba_wild")
+class CelebAWildDataModule(CelebADataModule):
+    """CelebA in the wild: full img_celeba/ images; every sample carries its face ``box`` (list_bbox_celeba.txt).
+
+    The network sees the whole image by default (``crop: image``, for face-localising methods such
+    as LNets); ``crop: box`` (with ``box_margin``) feeds the face region instead.
+    """
+
+    def __init__(self, root: str | os.PathLike | None = None, **kwargs):
+        kwargs.setdefault("in_the_wild", True)
+        super().__init__(root, **kwargs)

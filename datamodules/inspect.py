@@ -27,7 +27,17 @@ def format_description(info: dict[str, Any]) -> str:
                 vals = " ".join(f"{splits[s]['prevalence'][t['name']].get(c, 0.0):>8.3f}" for s in names)
                 lines.append(f"    {c:<20} {'':<10} {vals}")
     if "kappa" in info:
-        lines.append("rater agreement (Fleiss' kappa): " + ", ".join(f"{k} {v:.3f}" for k, v in info["kappa"].items()))
+        overall = {k: v for k, v in info["kappa"].items() if "/" not in k}
+        lines.append("rater agreement (Fleiss' kappa): " + ", ".join(f"{k} {v:.3f}" for k, v in overall.items()))
+        for name in overall:
+            per_class = {k.split("/", 1)[1]: v for k, v in info["kappa"].items() if k.startswith(name + "/")}
+            if per_class:
+                lines.append(f"  {name} per class: " + ", ".join(f"{c} {v:.3f}" for c, v in per_class.items()))
+    if info.get("kappa_unavailable"):
+        lines.append(f"rater agreement: {info['kappa_unavailable']}")
+    for key in ("split", "ferplus", "raters", "malformed_names", "landmarks", "preprocess"):
+        if key in info:
+            lines.append(f"{key}: {info[key]}")
     dups = info.get("duplicates")
     if dups is not None:
         lines.append(f"duplicate images (same bytes): {len(dups)} group(s)" + "".join(f"\n  {' = '.join(g)}" for g in dups[:20]))

@@ -35,6 +35,9 @@ class Target:
     ``classes`` names the classes (binary: ``("no", "yes")`` by default); ``bin_edges`` are the
     lower edges in years of an ordinal age target's bins (so bin ``k`` covers
     ``[bin_edges[k], bin_edges[k+1])``); ``group`` is an optional attribute group (MCNN Table 1).
+    ``vote_classes`` names the rater-vote columns when raters could choose more options than the
+    target's classes (FER+: the 8 emotions, then ``unknown`` and ``NF``); it starts with ``classes``,
+    and votes then have ``len(vote_classes)`` columns (default: one per class).
     """
 
     name: str
@@ -43,6 +46,7 @@ class Target:
     has_votes: bool = False
     bin_edges: tuple[float, ...] | None = None
     group: str | None = None
+    vote_classes: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in TARGET_KINDS:
@@ -56,6 +60,10 @@ class Target:
         object.__setattr__(self, "classes", tuple(self.classes))
         if self.bin_edges is not None:
             object.__setattr__(self, "bin_edges", tuple(float(e) for e in self.bin_edges))
+        if self.vote_classes is not None:
+            object.__setattr__(self, "vote_classes", tuple(self.vote_classes))
+            if self.vote_classes[: len(self.classes)] != self.classes:
+                raise ValueError(f"target {self.name!r}: vote_classes {self.vote_classes} must start with its classes {self.classes}")
 
     @property
     def n_classes(self) -> int:
@@ -68,6 +76,11 @@ class Target:
     @property
     def n_label_slots(self) -> int:
         return self.n_classes if self.kind == "multilabel" else 1
+
+    @property
+    def vote_columns(self) -> tuple[str, ...]:
+        """Names of the columns of this target's rater votes."""
+        return self.vote_classes or self.classes
 
 
 @dataclass(frozen=True)

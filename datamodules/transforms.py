@@ -70,8 +70,9 @@ class TransformConfig:
 
 
 def _affine(src_w: int, src_h: int, cfg: TransformConfig, rng: np.random.Generator | None,
-            box: Sequence[float] | None = None) -> tuple[np.ndarray, bool]:
-    """2x3 matrix mapping source pixels to output pixels, and whether it flips."""
+            box: Sequence[float] | None = None, base_angle: float = 0.0) -> tuple[np.ndarray, bool]:
+    """2x3 matrix mapping source pixels to output pixels, and whether it flips. ``base_angle``
+    (degrees) is a per-image in-plane rotation applied before augmentation (eye alignment)."""
     out = cfg.image_size
     base = cfg.resize_to or out
     if box is not None:   # crop a box (x, y, w, h), e.g. a detected face, to the output size
@@ -81,13 +82,13 @@ def _affine(src_w: int, src_h: int, cfg: TransformConfig, rng: np.random.Generat
     else:
         cx, cy = src_w / 2.0, src_h / 2.0
         s = base / min(src_w, src_h)
-    angle, flip, tx, ty = 0.0, False, 0.0, 0.0
+    angle, flip, tx, ty = float(base_angle), False, 0.0, 0.0
     if rng is not None:
         s *= rng.uniform(*cfg.scale)
         if cfg.rotation_choices:
-            angle = float(rng.choice(np.asarray(cfg.rotation_choices, dtype=float)))
+            angle += float(rng.choice(np.asarray(cfg.rotation_choices, dtype=float)))
         elif cfg.rotation:
-            angle = rng.uniform(-cfg.rotation, cfg.rotation)
+            angle += rng.uniform(-cfg.rotation, cfg.rotation)
         flip = bool(cfg.hflip and rng.random() < cfg.hflip)
         if cfg.random_crop:
             slack = max(base - out, 0) / 2.0
@@ -128,13 +129,14 @@ class FaceTransform:
         self.std = torch.tensor(list(cfg.std)[:c] if len(cfg.std) >= c else [cfg.std[0]] * c).view(c, 1, 1)
 
     def geometry(self, src_w: int, src_h: int, rng: np.random.Generator | None,
-                 crop_box: Sequence[float] | None = None) -> tuple[np.ndarray, bool]:
-        return _affine(src_w, src_h, self.cfg, rng if self.train else None, crop_box)
+                 crop_box: Sequence[float] | None = None, angle: float = 0.0) -> tuple[np.ndarray, bool]:
+        return _affine(src_w, src_h, self.cfg, rng if self.train else None, crop_box, angle)
 
     def __call__(self, image: np.ndarray, landmarks: np.ndarray | None = None, box: Sequence[float] | None = None,
-                 rng: np.random.Generator | None = None, crop_box: Sequence[float] | None = None) -> dict:
+                 rng: np.random.Generator | None = None, crop_box: Sequence[float] | None = None,
+                 angle: float = 0.0) -> dict:
         h, w = image.shape[:2]
-        m, flip = self.geometry(w, h, rng, crop_box)
+        m, flip = self.geometry(w, h, rng, crop_box, angle)
         out = self.warp(image, m)
         sample: dict = {"image": self.to_tensor(out, rng)}
         if landmarks is not None:

@@ -1,54 +1,215 @@
 """Metrics over a :class:`~datamodules.tasks.TaskSpec`, built from torchmetrics so that every
 state is reduced correctly under DDP.
 
-:class:`TaskMetrics` updates from ``(probabilities, labels)`` in the task's layouts and computes a
-long table of ``(target, class, metric, value)`` records; :func:`evaluate` does the same from
-saved predictions (the result records), so a report never needs the model.
+:class:`TaskMetrics` updates from ``(probabilities, labels[, votes, ages])`` in the task's layouts
+and computes a long table of ``(target, class, metric, value)`` records; :func:`evaluate` does the
+same from saved predictions (the result records), so a report never needs the model.
+
+Metric names (``class`` is ``""`` for a target-level value, else a class name):
+
+* **binary targets / multi-label classes** (one row set per 0/1 column): ``accuracy``,
+  ``balanced_accuracy``, ``precision``, ``recall``, ``f1``, ``cohen_kappa`` at the decision
+  threshold; ``auroc``, ``average_precision`` (area under the precision-recall curve), ``ece``
+  (expected calibration error of the positive-class probability, torchmetrics
+  ``BinaryCalibrationError``, equal-width bins) and ``positive_rate`` (label prevalence).
+  Extra threshold sets (``extra_thresholds={"tuned": t}``) repeat the threshold metrics as
+  ``accuracy@tuned`` ... and write the thresholds themselves as ``threshold@tuned``.
+* **multi-class / ordinal targets**: ``accuracy``, ``balanced_accuracy`` (mean per-class recall),
+  ``mean_class_precision`` (the semantic-features paper's "average precision per class": the mean
+  over classes of the per-class precision; a class that is never predicted counts 0, as
+  ``sklearn.metrics.precision_score(average="macro", zero_division=0)``), ``cohen_kappa``,
+  ``auroc`` (one-vs-rest, macro over classes with samples), ``ece`` (top-label); per class
+  ``precision``, ``recall``, ``f1``, ``support``, ``auroc`` and the confusion-matrix row
+  ``confusion:<predicted class>`` (counts; ``class`` is the true class).
+* **ordinal targets** in addition: ``accuracy_within_1`` (predicted bin at most one bin away:
+  the semantic-features paper's +-5 years next to exact-bin +-2.5 years, Sec. 4.2.2), ``mae_bins``
+  and, when exact ages are given, ``mae_years`` (centre of the predicted bin vs the exact age, see
+  :func:`bin_centres`).
+* **operating points** (multi-class and multi-label targets, the Flickr paper's ethnicity point,
+  Sec. 4.7): per class ``tpr@fpr=F`` (the highest true-positive rate whose false-positive rate is
+  at most F on this split, torchmetrics ``*SensitivityAtSpecificity``), ``fpr@fpr=F`` (the rate
+  reached) and ``threshold@fpr=F``; per target ``unlabelled@fpr=F``, the share of samples that no
+  class reaches at those thresholds ("only 0.44% do not get an ethnicity prediction").
+* **rater agreement** (targets with votes, when ``votes`` are passed): ``fleiss_kappa`` (raters
+  only; per class the category kappa), ``fleiss_kappa_with_model`` (the model's hard prediction
+  added as one more rater), ``rater_accuracy_loo`` (the human ceiling: each rater against the
+  majority of the other raters) and ``model_accuracy_loo`` (the model against the same
+  targets); per class ``rater_recall_loo`` / ``model_recall_loo``. Cohen's kappa of the model
+  against the label (for voted datasets the majority label) is ``cohen_kappa`` above. See
+  :mod:`lightning_modules.agreement` for the definitions and tie handling. The vote table is used
+  as the raters filled it in, over all of ``Target.vote_columns`` (FER+: the 8 emotions, unknown
+  and not-a-face); the model's vote goes to its predicted class, so where the other raters'
+  majority is "unknown" the model cannot agree (FER+ gives such images no label).
+
+Decision thresholds: ``threshold`` (default 0.5) gives the plain names; :func:`tune_thresholds`
+picks per binary column the threshold that maximises **balanced accuracy** on a split (the
+records tune on ``val`` and apply on every split: ``accuracy@tuned`` on test is an honest
+number). Balanced accuracy is the default criterion because it does not depend on prevalence:
+an accuracy-optimal threshold on a rare attribute (CelebA's Bald: 2%) degenerates towards the
+majority answer, and a prevalence-free threshold transfers to a split with another prevalence.
+``criterion="accuracy"`` is available.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any
+import warnings
+from typing import Any, Mapping
 
 import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torchmetrics.classification import (MulticlassAUROC, MulticlassStatScores, MultilabelAUROC,
-                                         MultilabelStatScores)
+from torchmetrics import MeanAbsoluteError
+from torchmetrics.classification import (BinaryCalibrationError, MulticlassAUROC, MulticlassCalibrationError,
+                                         MulticlassConfusionMatrix, MulticlassSensitivityAtSpecificity,
+                                         MultilabelAUROC, MultilabelAveragePrecision,
+                                         MultilabelSensitivityAtSpecificity, MultilabelStatScores)
+from torchmetrics.utilities import dim_zero_cat
 
-from datamodules.tasks import TaskSpec
+from datamodules.tasks import Target, TaskSpec
+from lightning_modules.agreement import FleissKappa, RaterAgreement
 
 MISSING = -1
+COLUMNS = ["target", "class", "metric", "value"]
+#: Metrics averaged over targets by :func:`summarize` (progress bars, checkpoint monitors, run status).
+SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1", "auroc", "average_precision", "cohen_kappa", "ece",
+                   "mean_class_precision", "accuracy_within_1", "mae_bins", "mae_years")
+#: Lower is better for these (everything else: higher is better); see :func:`lower_is_better`.
+LOWER_IS_BETTER = frozenset({"ece", "mae_bins", "mae_years", "unlabelled", "fpr"})
+THRESHOLD_CRITERIA = ("balanced_accuracy", "accuracy")
+
+
+def lower_is_better(metric: str) -> bool:
+    """Whether smaller values of ``metric`` are better (a ``@...`` suffix names the threshold set
+    or operating point and does not change the direction)."""
+    return metric.split("@", 1)[0] in LOWER_IS_BETTER
 
 
 def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(b > 0, a / b.clamp(min=1), torch.full_like(a, float("nan")))
+    return torch.where(b > 0, a / b.clamp(min=1e-300), torch.full_like(a, float("nan")))
+
+
+def _quiet(fn: Any, *args: Any) -> Any:
+    """Call a torchmetrics compute without its "no positive samples" warnings (those values are
+    masked to NaN by the caller)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        return fn(*args)
+
+
+def bin_centres(target: Target) -> np.ndarray:
+    """Centres in years of an ordinal target's bins; the open last bin gets the width of the bin
+    before it (e.g. edges 0, 5, ..., 60 -> the 60+ bin's centre is 62.5)."""
+    if target.bin_edges is None:
+        raise ValueError(f"target {target.name!r} has no bin_edges (an ordinal age target needs them)")
+    e = np.asarray(target.bin_edges, dtype=np.float64)
+    if len(e) == 1:
+        return e.copy()
+    upper = np.append(e[1:], e[-1] + (e[-1] - e[-2]))
+    return (e + upper) / 2
+
+
+def kappa_from_confusion(confmat: torch.Tensor) -> float:
+    """Cohen's kappa of a ``[C, C]`` confusion matrix (rows: reference, columns: prediction)."""
+    cm = confmat.double()
+    n = cm.sum()
+    if n <= 0:
+        return math.nan
+    po = torch.trace(cm) / n
+    pe = (cm.sum(0) * cm.sum(1)).sum() / n ** 2
+    return float((po - pe) / (1 - pe)) if pe < 1 else math.nan
+
+
+class _OperatingPointMixin:
+    """Adds, at the thresholds torchmetrics picks (highest TPR with FPR <= ``1 - min_specificity``),
+    the false-positive rate reached and the share of samples that no class reaches."""
+
+    def _op_targets(self, target: torch.Tensor, n: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        tpr, thr = super().compute()  # type: ignore[misc]
+        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)  # type: ignore[attr-defined]
+        target = self._op_targets(target, preds.shape[1])
+        positive = preds >= thr[None, :]
+        negatives = (target == 0).sum(0)
+        fpr = _ratio((positive & (target == 0)).sum(0).double(), negatives.double())
+        tpr = torch.where((target == 1).any(0), tpr.double(), torch.full_like(tpr.double(), float("nan")))
+        unlabelled = (~positive.any(1)).double().mean() if len(preds) else torch.tensor(float("nan"))
+        return {"tpr": tpr, "fpr": fpr, "threshold": thr.double(), "unlabelled": unlabelled}
+
+
+class MulticlassOperatingPoint(_OperatingPointMixin, MulticlassSensitivityAtSpecificity):
+    """One-vs-rest operating point per class of a multi-class target."""
+
+    def _op_targets(self, target: torch.Tensor, n: int) -> torch.Tensor:
+        return torch.nn.functional.one_hot(target.long(), n)
+
+
+class MultilabelOperatingPoint(_OperatingPointMixin, MultilabelSensitivityAtSpecificity):
+    """Operating point per class of a multi-label target (missing labels are neither)."""
+
+    def _op_targets(self, target: torch.Tensor, n: int) -> torch.Tensor:
+        return target
 
 
 class TaskMetrics(nn.Module):
-    """Per-target metrics of a task.
+    """Per-target metrics of a task (see the module docstring for every metric name).
 
-    Binary targets and multi-label classes (columns): accuracy, balanced accuracy, F1, AUROC at
-    threshold ``threshold`` (a float or one per column). Multi-class / ordinal targets: accuracy,
-    balanced accuracy (mean per-class recall), one-vs-rest macro AUROC.
+    Args:
+        task: the dataset's task.
+        auroc: also the ranking metrics that keep every score (AUROC, average precision, ECE,
+            operating points); off for cheap counting-only metrics.
+        threshold: decision threshold of binary / multi-label columns (a float or one per column).
+        extra_thresholds: more named threshold sets (e.g. ``{"tuned": per-column thresholds}``).
+        calibration_bins: equal-width bins of the expected calibration error.
+        operating_fpr: the false-positive rate of the operating points (Flickr paper: 1%).
     """
 
-    def __init__(self, task: TaskSpec, auroc: bool = True, threshold: float | torch.Tensor = 0.5):
+    def __init__(self, task: TaskSpec, auroc: bool = True, threshold: float | torch.Tensor = 0.5, *,
+                 extra_thresholds: Mapping[str, float | torch.Tensor | np.ndarray] | None = None,
+                 calibration_bins: int = 15, operating_fpr: float = 0.01):
         super().__init__()
-        self.task, self.with_auroc = task, auroc
+        self.task, self.with_auroc, self.operating_fpr = task, auroc, operating_fpr
         self.logit_cols, self.label_cols = task.binary_columns()
         n = len(self.logit_cols)
-        self.register_buffer("threshold", torch.as_tensor(threshold, dtype=torch.float32).expand(max(n, 1)).clone(), persistent=False)
-        if n:
-            self.bin_stats = MultilabelStatScores(num_labels=n, average=None, ignore_index=MISSING, threshold=0.5)
-            self.bin_auroc = MultilabelAUROC(num_labels=n, average=None, ignore_index=MISSING) if auroc else None
-        self.mc_names = [t.name for t in task.targets if t.kind in ("multiclass", "ordinal")]
-        self.mc_stats = nn.ModuleDict({t.name: MulticlassStatScores(num_classes=t.n_classes, average=None, ignore_index=MISSING)
-                                       for t in task.targets if t.kind in ("multiclass", "ordinal")})
+        self.threshold_names = [""] + list(extra_thresholds or {})
+        sets = {"": threshold, **(extra_thresholds or {})}
+        self.bin_stats = nn.ModuleDict()
+        for i, (name, value) in enumerate(sets.items()):
+            th = torch.as_tensor(np.asarray(value), dtype=torch.float32).expand(max(n, 1)).clone()
+            self.register_buffer(f"threshold_{i}", th, persistent=False)
+            if n:   # torchmetrics' argument check refuses num_labels=1 (one binary target), the metric handles it
+                self.bin_stats[str(i)] = MultilabelStatScores(num_labels=n, average=None, ignore_index=MISSING, validate_args=n > 1)
+        if n and auroc:
+            self.bin_auroc = MultilabelAUROC(num_labels=n, average=None, ignore_index=MISSING, validate_args=n > 1)
+            self.bin_ap = MultilabelAveragePrecision(num_labels=n, average=None, ignore_index=MISSING, validate_args=n > 1)
+            self.bin_ece = nn.ModuleList(BinaryCalibrationError(n_bins=calibration_bins, ignore_index=MISSING) for _ in range(n))
+        mc = [t for t in task.targets if t.kind in ("multiclass", "ordinal")]
+        self.mc_names = [t.name for t in mc]
+        self.mc_confmat = nn.ModuleDict({t.name: MulticlassConfusionMatrix(num_classes=t.n_classes, ignore_index=MISSING) for t in mc})
         self.mc_auroc = nn.ModuleDict({t.name: MulticlassAUROC(num_classes=t.n_classes, average=None, ignore_index=MISSING)
-                                       for t in task.targets if t.kind in ("multiclass", "ordinal")}) if auroc else None
+                                       for t in mc}) if auroc else None
+        self.mc_ece = nn.ModuleDict({t.name: MulticlassCalibrationError(num_classes=t.n_classes, n_bins=calibration_bins,
+                                                                        ignore_index=MISSING) for t in mc}) if auroc else None
+        self.age_mae = nn.ModuleDict({t.name: MeanAbsoluteError() for t in mc if t.kind == "ordinal" and t.bin_edges is not None})
+        spec = 1.0 - operating_fpr
+        self.op_point = nn.ModuleDict()
+        if auroc:
+            for t in task.targets:
+                if t.kind == "multiclass":
+                    self.op_point[t.name] = MulticlassOperatingPoint(num_classes=t.n_classes, min_specificity=spec, ignore_index=MISSING)
+                elif t.kind == "multilabel":
+                    self.op_point[t.name] = MultilabelOperatingPoint(num_labels=t.n_classes, min_specificity=spec, ignore_index=MISSING)
+        voted = [t for t in task.targets if t.has_votes and t.kind != "multilabel"]
+        self.kappa_raters = nn.ModuleDict({t.name: FleissKappa(len(t.vote_columns)) for t in voted})
+        self.kappa_with_model = nn.ModuleDict({t.name: FleissKappa(len(t.vote_columns)) for t in voted})
+        self.rater_agreement = nn.ModuleDict({t.name: RaterAgreement(len(t.vote_columns)) for t in voted})
+
+    # -- helpers ----------------------------------------------------------------------------------
+    def thresholds(self, i: int = 0) -> torch.Tensor:
+        return getattr(self, f"threshold_{i}")
 
     def _binary_columns_names(self) -> list[tuple[str, str]]:
         out = []
@@ -59,61 +220,159 @@ class TaskMetrics(nn.Module):
                 out += [(t.name, c) for c in t.classes]
         return out
 
-    def update(self, probs: torch.Tensor, labels: torch.Tensor) -> None:
+    def _ages_for(self, ages: torch.Tensor | Mapping[str, torch.Tensor] | None) -> dict[str, torch.Tensor]:
+        """Exact ages per binned ordinal target: a dict, or one array for every such target (a
+        dataset with several binnings of the same age, e.g. UTKFace's)."""
+        if ages is None:
+            return {}
+        if isinstance(ages, Mapping):
+            return {k: torch.as_tensor(v) for k, v in ages.items() if k in self.age_mae}
+        return {name: torch.as_tensor(ages) for name in self.age_mae}
+
+    # -- update / compute -------------------------------------------------------------------------
+    def update(self, probs: torch.Tensor, labels: torch.Tensor, votes: Mapping[str, torch.Tensor] | None = None,
+               ages: torch.Tensor | Mapping[str, torch.Tensor] | None = None) -> None:
+        """``votes``: target -> ``[B, C]`` rater counts; ``ages``: exact ages ``[B]`` (NaN unknown)."""
+        hard: dict[str, torch.Tensor] = {}
         if self.logit_cols:
             p = probs[:, self.logit_cols]
             y = labels[:, self.label_cols]
-            # shift by the per-column threshold so that torchmetrics' 0.5 cut applies it
-            shifted = (p - self.threshold.to(p) + 0.5).clamp(0, 1)
-            self.bin_stats.update(shifted, y)
-            if self.bin_auroc is not None:
+            for i, key in enumerate(self.bin_stats):
+                # hard 0/1 predictions (p >= threshold, as TaskSpec.predictions) are counted as given
+                self.bin_stats[key].update((p >= self.thresholds(i).to(p)).long(), y)
+            if self.with_auroc:
                 self.bin_auroc.update(p, y)
+                self.bin_ap.update(p, y)
+                for j, ece in enumerate(self.bin_ece):
+                    ece.update(p[:, j], y[:, j])
+            col = 0
+            for t in self.task.targets:
+                if t.kind == "binary":
+                    hard[t.name] = (p[:, col] >= self.thresholds(0)[col].to(p)).long()
+                col += t.n_logits if t.kind in ("binary", "multilabel") else 0
+        age_of = self._ages_for(ages)
         for t, ls, ys in zip(self.task.targets, self.task.logit_slices, self.task.label_slices):
+            pt, yt = probs[:, ls], labels[:, ys]
             if t.kind in ("multiclass", "ordinal"):
-                self.mc_stats[t.name].update(probs[:, ls], labels[:, ys.start])
-                if self.mc_auroc is not None:
-                    self.mc_auroc[t.name].update(probs[:, ls], labels[:, ys.start])
+                y0 = yt[:, 0]
+                self.mc_confmat[t.name].update(pt, y0)
+                hard[t.name] = pt.argmax(dim=1)
+                if self.with_auroc:
+                    self.mc_auroc[t.name].update(pt, y0)
+                    self.mc_ece[t.name].update(pt, y0)
+                if t.name in age_of:
+                    a = age_of[t.name].to(pt.device, torch.float64).reshape(-1)
+                    known = torch.isfinite(a)
+                    centres = torch.as_tensor(bin_centres(t), dtype=torch.float64, device=pt.device)
+                    self.age_mae[t.name].update(centres[hard[t.name]][known], a[known])
+            if t.name in self.op_point:
+                self.op_point[t.name].update(pt, yt[:, 0] if t.kind == "multiclass" else yt)
+        for name, v in (votes or {}).items():
+            if name in self.kappa_raters:
+                v = torch.as_tensor(v).to(probs.device)
+                self.kappa_raters[name].update(v)
+                self.kappa_with_model[name].update(v, hard[name])
+                self.rater_agreement[name].update(v, hard[name])
 
-    def compute(self) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = []
-        if self.logit_cols:
-            st = self.bin_stats.compute().double()          # [L, 5]: tp, fp, tn, fn, support
+    def _binary_rows(self) -> list[dict[str, Any]]:
+        names = self._binary_columns_names()
+        vals: dict[str, torch.Tensor] = {}
+        for i, key in enumerate(self.bin_stats):
+            suffix = f"@{self.threshold_names[i]}" if self.threshold_names[i] else ""
+            st = self.bin_stats[key].compute().double().cpu()    # [L, 5]: tp, fp, tn, fn, support
             tp, fp, tn, fn = st[:, 0], st[:, 1], st[:, 2], st[:, 3]
             n = tp + fp + tn + fn
-            acc = _ratio(tp + tn, n)
-            tpr, tnr = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
-            bal = (tpr + tnr) / 2
-            f1 = _ratio(2 * tp, 2 * tp + fp + fn)
-            auroc = None
-            if self.bin_auroc is not None:
-                auroc = self.bin_auroc.compute().double()
-                auroc = torch.where((tp + fn > 0) & (tn + fp > 0), auroc, torch.full_like(auroc, float("nan")))
-            for j, (name, cls) in enumerate(self._binary_columns_names()):
-                vals = {"accuracy": acc[j], "balanced_accuracy": bal[j], "f1": f1[j], "positive_rate": _ratio(tp + fn, n)[j]}
-                if auroc is not None:
-                    vals["auroc"] = auroc[j]
-                rows += [{"target": name, "class": cls, "metric": k, "value": float(v)} for k, v in vals.items()]
-        for name in self.mc_names:
-            st = self.mc_stats[name].compute().double()     # [C, 5]
-            tp, fp, fn, support = st[:, 0], st[:, 1], st[:, 3], st[:, 4]
-            total = support.sum()
-            recall = _ratio(tp, tp + fn)
-            vals = {"accuracy": float(tp.sum() / total) if total > 0 else math.nan,
-                    "balanced_accuracy": float(torch.nanmean(recall)) if total > 0 else math.nan}
-            if self.mc_auroc is not None:
-                au = self.mc_auroc[name].compute().double()
-                au = torch.where(support > 0, au, torch.full_like(au, float("nan")))
-                vals["auroc"] = float(torch.nanmean(au)) if (support > 0).any() else math.nan
-            rows += [{"target": name, "class": "", "metric": k, "value": float(v)} for k, v in vals.items()]
+            po = _ratio(tp + tn, n)
+            pe = _ratio((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
+            vals.update({f"accuracy{suffix}": po, f"balanced_accuracy{suffix}": (_ratio(tp, tp + fn) + _ratio(tn, tn + fp)) / 2,
+                         f"precision{suffix}": _ratio(tp, tp + fp), f"recall{suffix}": _ratio(tp, tp + fn),
+                         f"f1{suffix}": _ratio(2 * tp, 2 * tp + fp + fn), f"cohen_kappa{suffix}": _ratio(po - pe, 1 - pe)})
+            if suffix:
+                vals[f"threshold{suffix}"] = self.thresholds(i).double().cpu()
+            else:
+                vals["positive_rate"] = _ratio(tp + fn, n)
+                if self.with_auroc:
+                    nan = torch.full_like(tp, float("nan"))
+                    has_both = (tp + fn > 0) & (tn + fp > 0)
+                    vals["auroc"] = torch.where(has_both, _quiet(self.bin_auroc.compute).double().cpu().reshape(-1), nan)
+                    vals["average_precision"] = torch.where(has_both, _quiet(self.bin_ap.compute).double().cpu().reshape(-1), nan)
+                    vals["ece"] = torch.tensor([float(e.compute()) if n[j] > 0 else math.nan for j, e in enumerate(self.bin_ece)],
+                                               dtype=torch.float64)
+        return [{"target": t, "class": c, "metric": metric, "value": float(v[j])}
+                for metric, v in vals.items() for j, (t, c) in enumerate(names)]
+
+    def _multiclass_rows(self, t: Target) -> list[dict[str, Any]]:
+        cm = self.mc_confmat[t.name].compute().double().cpu()      # [C, C]: rows true, columns predicted
+        support, predicted, tp = cm.sum(1), cm.sum(0), torch.diagonal(cm)
+        total = float(support.sum())
+        precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+        present = (support > 0) | (predicted > 0)
+        vals: dict[str, float] = {
+            "accuracy": float(tp.sum()) / total if total else math.nan,
+            "balanced_accuracy": float(torch.nanmean(recall[support > 0])) if total else math.nan,
+            "mean_class_precision": float(torch.nan_to_num(precision, nan=0.0)[present].mean()) if total else math.nan,
+            "cohen_kappa": kappa_from_confusion(cm)}
+        per_class: dict[str, torch.Tensor] = {"precision": precision, "recall": recall,
+                                               "f1": _ratio(2 * tp, support + predicted), "support": support}
+        if t.kind == "ordinal":
+            dist = (torch.arange(t.n_classes)[:, None] - torch.arange(t.n_classes)[None, :]).abs().double()
+            vals["accuracy_within_1"] = float((cm * (dist <= 1)).sum()) / total if total else math.nan
+            vals["mae_bins"] = float((cm * dist).sum()) / total if total else math.nan
+            if t.name in self.age_mae and self.age_mae[t.name]._update_count > 0:
+                vals["mae_years"] = float(self.age_mae[t.name].compute())
+        if self.with_auroc and total:
+            au = torch.where(support > 0, _quiet(self.mc_auroc[t.name].compute).double().cpu(), torch.full_like(support, float("nan")))
+            vals["auroc"] = float(torch.nanmean(au)) if bool((support > 0).any()) else math.nan
+            vals["ece"] = float(self.mc_ece[t.name].compute())
+            per_class["auroc"] = au
+        rows = [{"target": t.name, "class": "", "metric": k, "value": float(v)} for k, v in vals.items()]
+        for k, v in per_class.items():
+            rows += [{"target": t.name, "class": c, "metric": k, "value": float(v[j])} for j, c in enumerate(t.classes)]
+        for j, pred_cls in enumerate(t.classes):
+            rows += [{"target": t.name, "class": c, "metric": f"confusion:{pred_cls}", "value": float(cm[i, j])}
+                     for i, c in enumerate(t.classes)]
+        return rows
+
+    def _operating_point_rows(self, t: Target) -> list[dict[str, Any]]:
+        op = self.op_point[t.name]
+        if op._update_count == 0:
+            return []
+        res = _quiet(op.compute)
+        tag = f"@fpr={self.operating_fpr:g}"
+        rows = [{"target": t.name, "class": "", "metric": f"unlabelled{tag}", "value": float(res["unlabelled"])}]
+        for k in ("tpr", "fpr", "threshold"):
+            rows += [{"target": t.name, "class": c, "metric": f"{k}{tag}", "value": float(res[k][j])} for j, c in enumerate(t.classes)]
+        return rows
+
+    def _agreement_rows(self, t: Target) -> list[dict[str, Any]]:
+        if self.kappa_raters[t.name]._update_count == 0:
+            return []
+        kappa, per_class = self.kappa_raters[t.name].compute()
+        if math.isnan(kappa) and np.isnan(per_class).all():
+            return []
+        kappa_model, _ = self.kappa_with_model[t.name].compute()
+        loo = self.rater_agreement[t.name].compute()
+        rows = [{"target": t.name, "class": "", "metric": k, "value": float(v)} for k, v in {
+            "fleiss_kappa": kappa, "fleiss_kappa_with_model": kappa_model,
+            "rater_accuracy_loo": loo["rater_accuracy"], "model_accuracy_loo": loo["model_accuracy"]}.items()]
+        for k, v in {"fleiss_kappa": per_class, "rater_recall_loo": loo["rater_recall"], "model_recall_loo": loo["model_recall"]}.items():
+            rows += [{"target": t.name, "class": c, "metric": k, "value": float(v[j])} for j, c in enumerate(t.vote_columns)]
+        return rows
+
+    def compute(self) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = self._binary_rows() if self.logit_cols else []
+        for t in self.task.targets:
+            if t.name in self.mc_confmat:
+                rows += self._multiclass_rows(t)
+            if t.name in self.op_point:
+                rows += self._operating_point_rows(t)
+            if t.name in self.kappa_raters:
+                rows += self._agreement_rows(t)
         return rows
 
     def compute_summary(self) -> dict[str, float]:
         """Means over targets, for progress bars and checkpoint monitoring."""
-        df = pd.DataFrame(self.compute())
-        if df.empty:
-            return {}
-        means = df.groupby("metric")["value"].mean()
-        return {f"mean_{m}": float(v) for m, v in means.items() if not math.isnan(v) and m != "positive_rate"}
+        return summarize(pd.DataFrame(self.compute(), columns=COLUMNS), self.task)
 
     def reset(self) -> None:
         for m in self.modules():
@@ -121,12 +380,91 @@ class TaskMetrics(nn.Module):
                 m.reset()
 
 
+def summarize(rows: pd.DataFrame, task: TaskSpec | None = None) -> dict[str, float]:
+    """``mean_<metric>`` over targets of the :data:`SUMMARY_METRICS`: target-level rows (class
+    ``""``) and the per-class rows of multi-label targets (each class is a 0/1 output)."""
+    if rows.empty:
+        return {}
+    multilabel = {t.name for t in task.targets if t.kind == "multilabel"} if task is not None else set()
+    level = (rows["class"].fillna("").astype(str) == "") | rows["target"].isin(multilabel)
+    sel = rows[level & rows["metric"].isin(SUMMARY_METRICS)]
+    means = sel.groupby("metric")["value"].mean()
+    return {f"mean_{m}": float(v) for m, v in means.items() if not math.isnan(v)}
+
+
+def tune_thresholds(task: TaskSpec, probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
+                    criterion: str = "balanced_accuracy") -> np.ndarray:
+    """Per binary / multi-label column, the threshold maximising ``criterion`` on these predictions.
+
+    Both criteria are linear in ROC space, so the optimum is a vertex of the ROC curve
+    (``sklearn.metrics.roc_curve``); the threshold returned is the midpoint between the score
+    at that vertex and the next lower score (so it separates the same samples and transfers
+    better to new ones). Among equally good vertices the one nearest 0.5 wins. A column whose
+    labels hold a single class keeps 0.5.
+    """
+    from sklearn.metrics import roc_curve
+
+    if criterion not in THRESHOLD_CRITERIA:
+        raise ValueError(f"threshold criterion {criterion!r} is not one of {THRESHOLD_CRITERIA}")
+    logit_cols, label_cols = task.binary_columns()
+    p_all, y_all = np.asarray(probs, dtype=np.float64), np.asarray(labels)
+    out = np.full(len(logit_cols), 0.5)
+    for j, (lc, yc) in enumerate(zip(logit_cols, label_cols)):
+        keep = y_all[:, yc] >= 0
+        y, p = y_all[keep, yc], p_all[keep, lc]
+        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
+        if n_pos == 0 or n_neg == 0:
+            continue
+        fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+        score = (tpr + 1 - fpr) / 2 if criterion == "balanced_accuracy" else (tpr * n_pos + (1 - fpr) * n_neg) / (n_pos + n_neg)
+        below = np.append(thr[1:], 0.0)                    # next lower score (0 below the lowest)
+        above = np.where(np.isinf(thr), 1.0, thr)
+        cand = np.where(np.isinf(thr), (1.0 + thr[min(1, len(thr) - 1)]) / 2, (above + below) / 2)
+        best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
+        out[j] = float(cand[best[np.argmin(np.abs(cand[best] - 0.5))]])
+    return out
+
+
 def evaluate(task: TaskSpec, probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-             threshold: float | np.ndarray = 0.5, chunk: int = 4096) -> pd.DataFrame:
-    """Metrics from saved predictions: a long ``(target, class, metric, value)`` table."""
+             threshold: float | np.ndarray = 0.5, chunk: int = 4096, *,
+             tuned_thresholds: np.ndarray | None = None, votes: Mapping[str, np.ndarray] | None = None,
+             ages: np.ndarray | Mapping[str, np.ndarray] | None = None, operating_fpr: float = 0.01,
+             calibration_bins: int = 15) -> pd.DataFrame:
+    """Metrics from saved predictions: a long ``(target, class, metric, value)`` table.
+
+    ``tuned_thresholds`` (from :func:`tune_thresholds` on another split) adds the ``@tuned`` rows;
+    ``votes`` (target -> ``[N, C]`` counts) the agreement rows; ``ages`` the ``mae_years`` row.
+    """
     probs_t = torch.as_tensor(np.asarray(probs), dtype=torch.float32)
     labels_t = torch.as_tensor(np.asarray(labels), dtype=torch.long)
-    metrics = TaskMetrics(task, auroc=True, threshold=torch.as_tensor(threshold, dtype=torch.float32))
+    extra = {"tuned": torch.as_tensor(np.asarray(tuned_thresholds), dtype=torch.float32)} if tuned_thresholds is not None else None
+    metrics = TaskMetrics(task, auroc=True, threshold=torch.as_tensor(np.asarray(threshold), dtype=torch.float32),
+                          extra_thresholds=extra, calibration_bins=calibration_bins, operating_fpr=operating_fpr)
+    votes_t = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in (votes or {}).items()}
+    if isinstance(ages, Mapping):
+        ages_t: Any = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in ages.items()}
+    else:
+        ages_t = None if ages is None else torch.as_tensor(np.asarray(ages, dtype=np.float64))
     for s in range(0, len(probs_t), chunk):
-        metrics.update(probs_t[s:s + chunk], labels_t[s:s + chunk])
-    return pd.DataFrame(metrics.compute(), columns=["target", "class", "metric", "value"])
+        sl = slice(s, s + chunk)
+        metrics.update(probs_t[sl], labels_t[sl], votes={k: v[sl] for k, v in votes_t.items()},
+                       ages=({k: v[sl] for k, v in ages_t.items()} if isinstance(ages_t, dict) else
+                             None if ages_t is None else ages_t[sl]))
+    return pd.DataFrame(metrics.compute(), columns=COLUMNS)
+
+
+def votes_of(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The ``votes/<target>`` arrays of a predictions record, by target name."""
+    return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("votes/")}
+
+
+def ages_of(arrays: Mapping[str, np.ndarray], task: TaskSpec) -> dict[str, np.ndarray]:
+    """Exact ages of a predictions record per binned ordinal target: ``age/<target>``, else ``age``."""
+    out = {}
+    for t in task.targets:
+        if t.kind == "ordinal" and t.bin_edges is not None:
+            a = arrays.get(f"age/{t.name}", arrays.get("age"))
+            if a is not None:
+                out[t.name] = np.asarray(a, dtype=np.float64)
+    return out
+
