@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 
 class EpochSeeder(L.Callback):
@@ -42,3 +45,17 @@ class RunLoggingCallback(L.Callback):
             self.seconds += time.perf_counter() - self._t0
             self._t0 = None
         pl_module.train_images_per_s = self.images / self.seconds if self.seconds > 0 else float("nan")
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints written to a temporary file and renamed: a run killed while saving keeps its
+    previous ``last.ckpt`` intact, so it can always resume."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        path = Path(path)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        try:
+            super().save_checkpoint(checkpoint, tmp, storage_options)
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)

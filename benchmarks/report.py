@@ -94,6 +94,21 @@ def write_report_figures(results_dir: Path) -> list[Path]:
     return write_figures(results_dir, results_dir / "figures")
 
 
+def write_statistics(board: pd.DataFrame, results_dir: Path, split: str = "test") -> list[Path]:
+    """Seed aggregates (mean, std, 95% CI), paired significance tests between methods on the same
+    test images (McNemar per attribute, paired bootstrap of the mean), the rank table and the
+    efficiency table into ``results_dir/tables`` (see :mod:`benchmarks.stats`)."""
+    from benchmarks.records import finished_run_dirs
+    from benchmarks.stats import efficiency_table, load_run_predictions, paired_comparisons, rank_table, seed_table
+
+    out = results_dir / "tables"
+    runs = [r for r in (load_run_predictions(d, split) for d in finished_run_dirs(results_dir)) if r is not None]
+    comparisons = paired_comparisons(runs) if len(runs) > 1 else pd.DataFrame()
+    tables = {"seeds": seed_table(board, split=split), "significance": comparisons,
+              "ranks": rank_table(board, comparisons, split=split), "efficiency": efficiency_table(board)}
+    return [write_csv(out / f"{name}.csv", df, float_format="%.6g") for name, df in tables.items() if not df.empty]
+
+
 def print_summary(board: pd.DataFrame, results_dir: Path) -> None:
     table = summary_table(board)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
@@ -114,6 +129,7 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
     written: list[Path] = []
     if tables:
         written += write_report_tables(metrics, results_dir)
+    written += write_statistics(board, results_dir)
     if figures:
         written += write_report_figures(results_dir)
     print_summary(board, results_dir)

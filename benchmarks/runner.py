@@ -170,7 +170,9 @@ def run_suite(name: str = "quick", *, only: list[str] | None = None, shard: str 
         outcomes.append(outcome)
         print(_summary_line(outcome), flush=True)
     failed = [o for o in outcomes if o.state in ("failed", "blocked")]
-    if report and int(os.environ.get("RANK", "0")) == 0:
+    if report and shard:   # other shards may still be writing: one report once all are done
+        print(f"[facebench] shard {shard} done; run `facebench report {suite.results_dir}` once every shard has finished")
+    elif report and int(os.environ.get("RANK", "0")) == 0:
         from benchmarks.report import build_reports
 
         build_reports(suite.results_dir, suite_name=suite.name, command=" ".join(["facebench"] + sys.argv[1:]))

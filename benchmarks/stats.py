@@ -18,6 +18,7 @@ from __future__ import annotations
 import itertools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -84,21 +85,17 @@ class RunPredictions:
 
 
 def load_run_predictions(run_dir: Path, split: str = "test") -> RunPredictions | None:
-    """Correctness matrix of a finished run's predictions on one split (binary and multi-class targets)."""
-    import yaml
+    """Correctness matrix of a finished run's predictions on one split (one column per binary or
+    multi-class target and per multi-label class), from its result records."""
+    import torch
 
-    from benchmarks.records import load_predictions
-    from datamodules.tasks import TaskSpec
+    from benchmarks.records import load_run_record
 
-    path = run_dir / f"predictions_{split}.npz"
-    if not path.is_file() or not (run_dir / "task.json").is_file():
+    rec = load_run_record(run_dir, split)
+    if rec is None or "probs" not in rec.predictions or rec.predictions["probs"].shape[1] != rec.task.n_logits:
         return None
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    task = TaskSpec.from_dict(__import__("json").loads((run_dir / "task.json").read_text()))
-    p = load_predictions(run_dir, split)
-    if "probs" not in p or p["probs"].shape[1] != task.n_logits:
-        return None
-    pred = task.predictions(__import__("torch").as_tensor(p["probs"])).numpy()
+    task, p = rec.task, rec.predictions
+    pred = task.predictions(torch.as_tensor(p["probs"])).numpy()
     labels = p["labels"]
     cols, names = [], []
     for t, ys in zip(task.targets, task.label_slices):
@@ -110,7 +107,7 @@ def load_run_predictions(run_dir: Path, split: str = "test") -> RunPredictions |
             names.append(t.name)
     valid = labels[:, cols] >= 0
     correct = (pred[:, cols] == labels[:, cols]) & valid
-    return RunPredictions(cfg["method_key"], cfg["dataset_key"], int(cfg["seed"]), p["ids"], correct, valid, names)
+    return RunPredictions(rec.method, rec.dataset, rec.seed, p["ids"], correct, valid, names)
 
 
 def _align(a: RunPredictions, b: RunPredictions) -> tuple[np.ndarray, np.ndarray]:
@@ -190,11 +187,40 @@ def paired_comparisons(runs: list[RunPredictions], n_boot: int = 1000, seed: int
     return pd.DataFrame(rows)
 
 
+def efficiency_table(board: pd.DataFrame) -> pd.DataFrame:
+    """Cost per (dataset, method), mean over seeds: parameters, FLOPs per image, training wall time,
+    training images per second."""
+    cols = [c for c in ("params", "trainable_params", "flops_per_image", "train_time_s", "train_images_per_s",
+                        "wall_time_s", "epochs") if c in board.columns]
+    if not cols:
+        return pd.DataFrame()
+    per_run = board.drop_duplicates(["dataset", "method", "seed"])
+    return per_run.groupby(["dataset", "method"])[cols].mean().reset_index()
+
+
+def seed_table(board: pd.DataFrame, metrics: Sequence[str] = ("accuracy", "balanced_accuracy", "auroc"),
+               split: str = "test") -> pd.DataFrame:
+    """Across seeds, per (dataset, method, attribute, metric): mean, std and 95% CI; the attribute
+    ``mean`` is the per-seed mean over attributes."""
+    b = board[board["split"] == split]
+    rows = []
+    for metric in [m for m in metrics if m in b.columns]:
+        bm = b[b[metric].notna()]
+        per_attr = bm.groupby(["dataset", "method", "attribute", "class", "seed"])[metric].mean().reset_index()
+        overall = bm.groupby(["dataset", "method", "seed"])[metric].mean().reset_index().assign(attribute="mean", **{"class": ""})
+        for keys, grp in pd.concat([per_attr, overall]).groupby(["dataset", "method", "attribute", "class"]):
+            rows.append({**dict(zip(["dataset", "method", "attribute", "class"], keys)), "metric": metric,
+                         **seed_summary(grp[metric]).to_dict()})
+    return pd.DataFrame(rows)
+
+
 def rank_table(board: pd.DataFrame, comparisons: pd.DataFrame | None = None, metric: str = "accuracy",
                split: str = "test") -> pd.DataFrame:
     """Mean rank over attributes (1 = best), attributes won (best), and significant pairwise wins / losses."""
-    b = board[(board["split"] == split)]
-    if b.empty or metric not in b.columns:
+    if metric not in board.columns:
+        return pd.DataFrame()
+    b = board[(board["split"] == split) & board[metric].notna()]
+    if b.empty:
         return pd.DataFrame()
     b = b.assign(attribute=b["attribute"] + b["class"].fillna("").map(lambda c: f"/{c}" if c else ""))
     means = b.groupby(["dataset", "attribute", "method"])[metric].mean().reset_index()

@@ -166,6 +166,7 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
         for d in mv.get("datasets") or []:
             if d not in datasets:
                 raise SuiteConfigError(f"{source}: methods.{mk}.datasets names {d!r}; allowed: {', '.join(datasets)}")
+    _check_registered(datasets, methods, source)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
         raise SuiteConfigError(f"{source}: seeds must be a list of integers, got {seeds!r}")
@@ -223,6 +224,26 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
             raise SuiteConfigError(f"{source}: run {r.run_id} starts from {r.depends_on}, which the matrix excludes")
     suite.runs = _topological(suite.runs)
     return suite
+
+
+def _check_registered(datasets: dict[str, Any], methods: dict[str, Any], source: str) -> None:
+    """Every dataset and method is registered and every argument is one its constructor takes."""
+    from datamodules.base import get_datamodule_class
+    from lightning_modules.registry import get_method_class
+
+    for dk, dv in datasets.items():
+        try:
+            get_datamodule_class(dv["datamodule"]).check_config(dv.get("args") or {})
+        except ValueError as exc:
+            raise SuiteConfigError(f"{source}: datasets.{dk}: {exc}") from None
+    for mk, mv in methods.items():
+        try:
+            cls = get_method_class(mv["method"])
+            cls.check_config({**(mv.get("args") or {}), **{k: None for k in (mv.get("grid") or {})}})
+            for dk in mv.get("datasets") or datasets:
+                get_datamodule_class(datasets[dk]["datamodule"]).check_config(mv.get("datamodule_args") or {})
+        except ValueError as exc:
+            raise SuiteConfigError(f"{source}: methods.{mk}: {exc}") from None
 
 
 def _topological(runs: list[RunSpec]) -> list[RunSpec]:

@@ -46,7 +46,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
-    from benchmarks.callbacks import EpochSeeder, RunLoggingCallback
+    from benchmarks.callbacks import AtomicCheckpointIO, EpochSeeder, RunLoggingCallback
     from benchmarks.logging_setup import build_loggers
 
     trainer_cfg = dict(cfg["trainer"])
@@ -71,7 +71,7 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], 
             or int(trainer_cfg.get("num_nodes", 1)) > 1:
         trainer_cfg.setdefault("strategy", "ddp")
     return L.Trainer(default_root_dir=str(run_dir), callbacks=callbacks, logger=build_loggers(cfg, run_dir),
-                     use_distributed_sampler=False, **trainer_cfg)
+                     use_distributed_sampler=False, plugins=[AtomicCheckpointIO()], **trainer_cfg)
 
 
 def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:

@@ -9,6 +9,7 @@ else (image loading, transforms, landmarks, loaders, inspection) lives here.
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import warnings
 from dataclasses import dataclass, field, fields
@@ -69,6 +70,24 @@ def get_datamodule_class(name: str) -> type["FaceDataModule"]:
 def create_datamodule(name: str, **kwargs: Any) -> "FaceDataModule":
     cls = get_datamodule_class(name)
     return cls(**kwargs)
+
+
+def constructor_options(cls: type, root: type, skip: tuple[str, ...] = ("self",)) -> set[str]:
+    """Keyword arguments accepted by the constructors of ``cls`` and its bases up to ``root``
+    (a subclass passing ``**kwargs`` on accepts its bases' arguments too)."""
+    keys: set[str] = set()
+    for klass in cls.__mro__:
+        if "__init__" in vars(klass) and issubclass(klass, root):
+            params = inspect.signature(klass.__init__).parameters
+            keys |= {n for n, p in params.items() if n not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+    return keys
+
+
+def check_options(what: str, cfg: dict[str, Any], allowed: set[str]) -> None:
+    """A clear error naming unknown configuration keys and the allowed ones."""
+    unknown = sorted(set(cfg) - allowed)
+    if unknown:
+        raise ValueError(f"{what}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
 
 
 class DatasetFormatError(ValueError):
@@ -399,6 +418,10 @@ class FaceDataModule(L.LightningDataModule):
         self.tables: dict[str, SampleTable] = {}
         self._task: TaskSpec | None = None
         self.report: dict[str, Any] = {}
+
+    @classmethod
+    def check_config(cls, cfg: dict[str, Any]) -> None:
+        check_options(f"dataset {cls.registered_name!r}", cfg, constructor_options(cls, FaceDataModule))
 
     # -- to implement ------------------------------------------------------------------------------
     def load_tables(self) -> tuple[TaskSpec, dict[str, SampleTable]]:

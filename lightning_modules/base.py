@@ -8,7 +8,6 @@ predictions under DDP, optimisers and schedulers from config, parameter and FLOP
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, ClassVar
 
 import lightning as L
@@ -16,6 +15,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from datamodules.base import check_options, constructor_options
 from datamodules.tasks import TaskSpec
 from lightning_modules.metrics import TaskMetrics
 
@@ -97,19 +97,11 @@ class FaceAttributeTask(L.LightningModule):
 
     @classmethod
     def config_keys(cls) -> set[str]:
-        keys: set[str] = set()
-        for klass in cls.__mro__:
-            if "__init__" in vars(klass) and issubclass(klass, FaceAttributeTask):
-                params = inspect.signature(klass.__init__).parameters
-                keys |= {n for n, p in params.items() if n not in ("self", "task") and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-        return keys
+        return constructor_options(cls, FaceAttributeTask, skip=("self", "task"))
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
-        allowed = cls.config_keys()
-        unknown = sorted(set(cfg) - allowed)
-        if unknown:
-            raise ValueError(f"method {cls.method_name!r}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+        check_options(f"method {cls.method_name!r}", cfg, cls.config_keys())
 
     @classmethod
     def reference_config(cls) -> dict[str, Any]:
