@@ -60,7 +60,7 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import nn
-from torchmetrics import MeanAbsoluteError
+from torchmetrics import MeanAbsoluteError, Metric
 from torchmetrics.classification import (BinaryCalibrationError, MulticlassAUROC, MulticlassCalibrationError,
                                          MulticlassConfusionMatrix, MulticlassSensitivityAtSpecificity,
                                          MultilabelAUROC, MultilabelAveragePrecision,
@@ -440,6 +440,9 @@ def evaluate(task: TaskSpec, probs: np.ndarray | torch.Tensor, labels: np.ndarra
     extra = {"tuned": torch.as_tensor(np.asarray(tuned_thresholds), dtype=torch.float32)} if tuned_thresholds is not None else None
     metrics = TaskMetrics(task, auroc=True, threshold=torch.as_tensor(np.asarray(threshold), dtype=torch.float32),
                           extra_thresholds=extra, calibration_bins=calibration_bins, operating_fpr=operating_fpr)
+    for m in metrics.modules():   # the predictions are complete here: no all-reduce with other ranks
+        if isinstance(m, Metric):  # (what the constructor's sync_on_compute=False sets)
+            m.sync_on_compute = m._to_sync = False
     votes_t = {k: torch.as_tensor(np.asarray(v), dtype=torch.long) for k, v in (votes or {}).items()}
     if isinstance(ages, Mapping):
         ages_t: Any = {k: torch.as_tensor(np.asarray(v, dtype=np.float64)) for k, v in ages.items()}

@@ -1,0 +1,44 @@
+"""Shared test fixtures: an isolated cache folder, the real-data location, a small SynthFaces set."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Generated datasets and per-image caches of the tests go to a temporary folder, never to
+    the user's ``~/.cache/facebench`` (subprocesses inherit it through the environment)."""
+    cache = tmp_path_factory.mktemp("facebench-cache")
+    old = os.environ.get("FACEBENCH_CACHE")
+    os.environ["FACEBENCH_CACHE"] = str(cache)
+    os.environ.setdefault("WANDB_SILENT", "true")
+    yield cache
+    if old is None:
+        os.environ.pop("FACEBENCH_CACHE", None)
+    else:
+        os.environ["FACEBENCH_CACHE"] = old
+
+
+def shared_data(name: str) -> Path:
+    """A folder of ``../shared/data``; the calling test is skipped (with the reason) when absent."""
+    path = SHARED_DATA / name
+    if not path.is_dir():
+        pytest.skip(f"real data not available: {path} is absent")
+    return path
+
+
+@pytest.fixture(scope="session")
+def synth_celeba(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small SynthFaces set in CelebA's official layout (24 identities x 5 images, 32 px)."""
+    from datamodules.synthetic import SynthFacesConfig, generate, write_celeba
+
+    root = tmp_path_factory.mktemp("synth") / "celeba"
+    write_celeba(generate(SynthFacesConfig(n_identities=24, images_per_identity=5, image_size=32, seed=3, workers=1)), root)
+    return root
