@@ -128,14 +128,17 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
             summary = write_records(run_dir, cfg, model, dm, model.collected, timing={
                 "train_time_s": train_time, "eval_time_s": eval_time, "wall_time_s": time.time() - started,
                 "epochs": trainer.current_epoch, "train_samples": len(dm.tables["train"]) if "train" in dm.tables else 0})
+            set_status(run_dir, "done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary,
+                       best_checkpoint=ckpt_path)
             for lg in trainer.loggers:
-                if hasattr(lg, "log_run_records"):
+                if hasattr(lg, "log_run_records"):   # W&B: the run's metric table and ROC / reliability figures
                     try:
+                        from benchmarks.figures import write_figures
+
+                        write_figures(run_dir, run_dir / "figures")
                         lg.log_run_records(run_dir, summary)
                     except Exception as exc:  # noqa: BLE001  (logging never costs a finished run)
                         print(f"[facebench] W&B logging of records failed: {exc}", file=sys.stderr)
-            set_status(run_dir, "done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary,
-                       best_checkpoint=ckpt_path)
         return 0
     except IncompatibleTaskError as exc:
         if rank_zero:

@@ -20,7 +20,7 @@ from typing import Any, Callable
 REPO = Path(__file__).resolve().parents[2]
 SHARED_CELEBA = REPO.parent / "shared" / "data" / "celeba_subset"
 SCRATCH = Path(os.environ.get("FACEBENCH_PERF_DIR", "/tmp/facebench_perf"))
-#: The CPU-sized MCNN geometry of benchmarks/suites/celeba_mcnn.yaml: 96x96 crops of 108 px (256/227).
+#: The CPU-sized MCNN geometry of benchmarks/suites/celeba.yaml: 96x96 crops of 108 px (256/227).
 MCNN_INPUT = {"image_size": 96, "resize_to": 108}
 
 

@@ -3,7 +3,7 @@
 ``python -m benchmarks.perf.train_step [--steps 12] [--warmup 2] [--repeats 2] [--batch-size 100]``
 
 Same model (``mcnn`` at the CPU suite's 96x96 input, Conv1 stride 3, as in
-``benchmarks/suites/celeba_mcnn.yaml``), same initial weights, same batches (a few real training
+``benchmarks/suites/celeba.yaml``), same initial weights, same batches (a few real training
 batches of the CelebA subset, or SynthFaces, held in memory and cycled, so the data pipeline costs
 the same nothing in both), same optimiser (the method's ``configure_optimizers``: SGD, momentum).
 
