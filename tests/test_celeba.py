@@ -104,3 +104,23 @@ def test_real_celeba_subset_official_split():
     assert dm.task.names == CELEBA_ATTRIBUTES and dm.task.n_logits == 40
     assert all(((t.labels == 0) | (t.labels == 1)).all() for t in dm.tables.values())
     assert sum(len(np.unique(t.identities)) for t in dm.tables.values()) == 200
+
+
+def test_inspect_prints_splits_prevalence_identities_and_duplicates(synth_celeba, tmp_path, capsys):
+    import json
+
+    from benchmarks.cli import main
+
+    root = tmp_path / "celeba"
+    shutil.copytree(synth_celeba, root)
+    shutil.copy(root / "img_align_celeba" / "000001.jpg", root / "img_align_celeba" / "000120.jpg")  # same bytes
+    assert main(["inspect", "--dataset", "celeba", "--root", str(root), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert sum(s["samples"] for s in info["splits"].values()) == 120
+    assert 0.0 <= info["splits"]["train"]["prevalence"]["Male"] <= 1.0
+    assert info["identity_overlap"] == {"train/val": 0, "train/test": 0, "val/test": 0}
+    assert [sorted(p.split(":")[1] for p in g) for g in info["duplicates"]] == [
+        ["img_align_celeba/000001.jpg", "img_align_celeba/000120.jpg"]]
+    assert main(["inspect", "--dataset", "celeba", "--root", str(root)]) == 0
+    text = capsys.readouterr().out
+    assert "samples: train" in text and "duplicate images (same bytes): 1 group(s)" in text and "Male" in text
