@@ -1758,14 +1758,15 @@ class SynthFacesDataModule(CelebADataModule):
     """
 
     def __init__(self, root: str | os.PathLike | None = None, *, n_identities: int = 300, images_per_identity: int = 10,
-                 render_size: int = 64, synth_seed: int = 0, wild: bool = False, n_raters: int = 3,
+                 render_size: int = 64, synth_seed: int = 0, wild: bool = False, wild_size: int | None = None,
+                 n_raters: int = 3,
                  rater_error: Mapping[str, float] | None = None, bad_rater_fraction: float = 0.0,
                  landmark_points: int = 5, generate_workers: int | None = None, **kwargs: Any):
         if landmark_points not in (5, 68):
             raise ValueError(f"synthfaces: landmark_points must be 5 or 68, got {landmark_points}")
         self.synth_config = SynthFacesConfig(
             n_identities=n_identities, images_per_identity=images_per_identity, image_size=render_size,
-            seed=synth_seed, wild=wild, n_raters=n_raters, rater_error=dict(rater_error) if rater_error else None,
+            seed=synth_seed, wild=wild or kwargs.get("in_the_wild", False), wild_size=wild_size, n_raters=n_raters, rater_error=dict(rater_error) if rater_error else None,
             bad_rater_fraction=bad_rater_fraction, workers=generate_workers)
         if root is None:
             key = {f.name: getattr(self.synth_config, f.name) for f in fields(SynthFacesConfig) if f.name != "workers"}

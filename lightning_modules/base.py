@@ -135,6 +135,17 @@ class FaceAttributeTask(L.LightningModule):
         soft = batch.get("soft_label") if self.use_soft_targets else None
         return self.criterion(logits, batch["label"], soft_targets=soft)
 
+    def frozen_modules(self) -> list[nn.Module]:
+        """Modules taken fixed from an earlier stage (MCNN under AUX, a branch's trunk): kept in eval
+        mode (batch-norm statistics and dropout of the earlier stage) whenever the module trains."""
+        return []
+
+    def train(self, mode: bool = True) -> "FaceAttributeTask":
+        super().train(mode)
+        for m in self.frozen_modules():
+            m.eval()
+        return self
+
     def load_init_checkpoint(self, path: str) -> None:
         """Initialise from an earlier stage; default: load every parameter whose name and shape match."""
         state = torch.load(path, map_location="cpu", weights_only=False)

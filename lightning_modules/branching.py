@@ -579,12 +579,6 @@ class BranchingFineTuneTask(_BranchingBase):
     def frozen_parameters(self) -> list[nn.Parameter]:
         return [p for m in self.frozen_modules() for p in m.parameters()]
 
-    def train(self, mode: bool = True) -> "BranchingFineTuneTask":
-        super().train(mode)
-        for m in self.frozen_modules():
-            m.eval()
-        return self
-
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             state = self.net.run(image, 0, self.branch_index)

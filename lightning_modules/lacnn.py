@@ -1,5 +1,5 @@
-"""LACNN: the Landmark Augmented CNN of "Deep learning for facial attributes" (the FAD paper,
-``papers/lacnn_landmark_augmented_cnn_FAD.txt``) and its AlexNet baseline.
+"""LACNN, the Landmark Augmented Convolutional Neural Network of the Face Attributes Dataset (FAD)
+paper (``papers/lacnn_landmark_augmented_cnn_FAD.txt``), and its AlexNet baseline.
 
 What the paper does, and where it is here:
 
@@ -396,11 +396,11 @@ def _unit(a: np.ndarray) -> np.ndarray:
 
 def first_layer_figure(models: Sequence[tuple[str, LACNNBaseline]], image: np.ndarray, out: Path, *,
                        landmarks: np.ndarray | None = None, trait: str | None = None, filters: bool = False,
-                       columns: int = 10) -> Path:
+                       per_map: bool = False, columns: int = 10) -> Path:
     """Figure 5: the input, then per model the rectified conv1 responses to it (96 maps on a
-    ``columns``-wide grid, scaled to [0, 1] together as Caffe's ``vis_square`` does), or with
-    ``filters`` the conv1 kernels' RGB planes (each kernel scaled to [0, 1]). For LACNN models the
-    landmark channel is shown too (Figure 4, bottom)."""
+    ``columns``-wide grid, scaled to [0, 1] together as Caffe's ``vis_square`` does, or each map on
+    its own with ``per_map``), or with ``filters`` the conv1 kernels' RGB planes (each kernel scaled
+    to [0, 1]). For LACNN models the landmark channel is shown too (Figure 4, bottom)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -431,7 +431,8 @@ def first_layer_figure(models: Sequence[tuple[str, LACNNBaseline]], image: np.nd
                 maps = np.stack([_unit(k) for k in w])
                 maps = maps if maps.shape[-1] == 3 else maps[..., 0]
             else:
-                maps = _unit(net.conv1_responses(model.network_input(batch))[0].numpy())
+                responses = net.conv1_responses(model.network_input(batch))[0].numpy()
+                maps = np.stack([_unit(r) for r in responses]) if per_map else _unit(responses)
         panels.append((f"{name}: conv1 {'filters' if filters else 'responses'}", _tile(maps, columns), "gray"))
     fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
     for ax, (title, img, cmap) in zip(axes[0], panels):
@@ -459,56 +460,67 @@ def first_layer_analysis(argv: list[str]) -> int:
                     "(default: list_landmarks_align_celeba.txt beside the image's folder)")
     ap.add_argument("--trait", help="per-trait models: the trait whose network to show (default: the first)")
     ap.add_argument("--filters", action="store_true", help="show the conv1 kernels instead of their responses")
+    ap.add_argument("--per-map", action="store_true", help="scale every response map on its own (default: all together)")
     args = ap.parse_args(argv)
     models = [(p.parent.parent.name if p.parent.name == "checkpoints" else p.stem, load_lacnn_checkpoint(p))
               for p in args.checkpoint]
     landmarks = _image_landmarks(args.image, args.landmarks)
     out = first_layer_figure(models, load_image(args.image), args.out, landmarks=landmarks, trait=args.trait,
-                             filters=args.filters)
+                             filters=args.filters, per_map=args.per_map)
     print(f"wrote {out}")
     return 0
 
 
-def compare_traits(board: pd.DataFrame, baseline: str = "lacnn_baseline", method: str = "lacnn",
-                   metric: str = "accuracy", split: str = "test") -> pd.DataFrame:
-    """Per (dataset, trait): ``metric`` of ``baseline`` and ``method`` (suite method keys) averaged over
-    the seeds both ran, their mean difference, its standard deviation over seeds, on how many seeds
-    ``method`` was better, and the winner by the mean (Table 3 of the paper, with seeds)."""
-    b = board[(board["split"] == split) & board["method"].isin([baseline, method])]
-    b = b[b["class"].fillna("").astype(str) == ""] if "class" in b else b
-    if b.empty or metric not in b:
-        raise ValueError(f"no {metric!r} rows for methods {baseline!r} and {method!r} on split {split!r}")
-    per_seed = b.pivot_table(index=["dataset", "attribute", "seed"], columns="method", values=metric).dropna()
-    missing = [m for m in (baseline, method) if m not in per_seed.columns]
-    if missing or per_seed.empty:
-        raise ValueError(f"no seed where both {baseline!r} and {method!r} finished")
-    diff = (per_seed[method] - per_seed[baseline]).groupby(level=[0, 1])
-    out = per_seed[[baseline, method]].groupby(level=[0, 1]).mean()
-    out["difference"] = diff.mean()
-    out["difference_std"] = diff.std()
-    out["seeds_won"] = diff.apply(lambda d: int((d > 0).sum()))
-    out["seeds"] = diff.size()
+def compare_traits(metrics: pd.DataFrame, baseline: str = "lacnn_baseline", method: str = "lacnn",
+                   metric: str = "accuracy", split: str = "test", significance: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The paper's Table 3 from result records: per (dataset, trait) the mean over seeds of ``metric``
+    for ``baseline`` and ``method`` (suite method keys; :func:`benchmarks.tables.seed_means` on the long
+    ``metrics``), their difference and the winner by the mean; with the report's ``significance`` table
+    (:func:`benchmarks.stats.paired_comparisons`) also the pooled McNemar p-value (Holm-adjusted) of
+    the pair and whether the difference is significant (McNemar tests accuracy: only joined for
+    ``metric="accuracy"``)."""
+    from benchmarks.tables import AVERAGE, seed_means
+
+    frames = []
+    for dataset in sorted(metrics["dataset"].unique()):
+        mean, _, _ = seed_means(metrics, dataset, metric, split)
+        if baseline in mean.columns and method in mean.columns:
+            table = mean[[baseline, method]].drop(index=AVERAGE, errors="ignore").rename_axis("trait").reset_index()
+            frames.append(table.assign(dataset=dataset))
+    if not frames:
+        raise ValueError(f"no {metric!r} values of both {baseline!r} and {method!r} on split {split!r}")
+    out = pd.concat(frames, ignore_index=True)[["dataset", "trait", baseline, method]]
+    out.columns.name = None
+    out["difference"] = out[method] - out[baseline]
     out["winner"] = np.where(out["difference"] > 0, method, np.where(out["difference"] < 0, baseline, "tie"))
-    return out.reset_index()
+    if significance is not None and not significance.empty and metric == "accuracy":
+        pair = significance[(significance["test"] == "mcnemar")
+                            & (significance[["method_a", "method_b"]].apply(set, axis=1) == {baseline, method})]
+        pair = pair.rename(columns={"attribute": "trait", "p_holm": "mcnemar_p_holm"})
+        out = out.merge(pair[["dataset", "trait", "mcnemar_p_holm", "significant"]], on=["dataset", "trait"], how="left")
+    return out
 
 
 @register_analysis("lacnn-compare")
 def compare_analysis(argv: list[str]) -> int:
-    """``facebench analyze lacnn-compare RESULTS_DIR_OR_LEADERBOARD_CSV``: per trait, the baseline's and
-    LACNN's test accuracy and which won."""
+    """``facebench analyze lacnn-compare RESULTS_DIR``: per trait, the baseline's and LACNN's test
+    accuracy, which won, and whether the difference is significant (after ``facebench report``)."""
+    from benchmarks.report import collect_metrics
+
     ap = argparse.ArgumentParser(prog="facebench analyze lacnn-compare", description=compare_analysis.__doc__)
-    ap.add_argument("results", type=Path, help="a results folder (its leaderboard.csv) or a leaderboard CSV")
+    ap.add_argument("results", type=Path, help="a results folder (its runs' metrics.csv and tables/significance.csv)")
     ap.add_argument("--baseline", default="lacnn_baseline", help="suite method key of the baseline")
     ap.add_argument("--method", default="lacnn", help="suite method key of LACNN")
     ap.add_argument("--metric", default="accuracy")
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", type=Path, help="also write the table as CSV")
     args = ap.parse_args(argv)
-    path = args.results / "leaderboard.csv" if args.results.is_dir() else args.results
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no leaderboard (run `facebench report {args.results}` first)")
-    table = compare_traits(pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""]),
-                           args.baseline, args.method, args.metric, args.split)
+    metrics = collect_metrics(args.results)
+    if metrics.empty:
+        raise FileNotFoundError(f"{args.results}: no finished runs")
+    sig_path = args.results / "tables" / "significance.csv"
+    significance = pd.read_csv(sig_path) if sig_path.is_file() else None
+    table = compare_traits(metrics, args.baseline, args.method, args.metric, args.split, significance)
     with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
         print(table.to_string(index=False))
     if args.out:

@@ -584,12 +584,6 @@ class CascadeStage(FaceAttributeTask):
     def lnet_o_size(self) -> int:
         return self.lnet_cfg.o_size or self.image_size
 
-    def train(self, mode: bool = True) -> "CascadeStage":
-        super().train(mode)
-        for m in self.frozen_modules():
-            m.eval()
-        return self
-
     def load_init_checkpoint(self, path: str) -> None:
         """Load every tensor of the earlier stage whose name exists here; a name whose shape differs
         is a configuration mismatch between the stages and an error."""

@@ -462,11 +462,8 @@ class MCNNAux(MCNN):
     def mcnn_modules(self) -> list[nn.Module]:
         return [self.conv1, self.conv2, self.conv3, self.heads]
 
-    def train(self, mode: bool = True) -> "MCNNAux":
-        super().train(mode)
-        for m in self.mcnn_modules():
-            m.eval()
-        return self
+    def frozen_modules(self) -> list[nn.Module]:
+        return self.mcnn_modules()
 
     def attribute_scores(self, image: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():

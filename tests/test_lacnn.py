@@ -255,7 +255,7 @@ def test_first_layer_figure_from_checkpoints(tmp_path: Path):
     (tmp_path / "list_landmarks_align_celeba.txt").write_text(
         "1\nlefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y\n"
         "000001.jpg 17 25 33 25 25 33 19 43 31 43\n")
-    for extra in ([], ["--filters", "--trait", "t1"]):
+    for extra in ([], ["--filters", "--trait", "t1"], ["--per-map"]):
         out = tmp_path / f"fig{len(extra)}.png"
         assert first_layer_analysis(["--checkpoint", *ckpts, "--image", str(tmp_path / "img_align_celeba" / "000001.jpg"),
                                      "--out", str(out), *extra]) == 0
@@ -268,13 +268,17 @@ def test_compare_traits_names_the_winner_per_trait():
     for seed, (b_acc, l_acc) in enumerate([((0.90, 0.70), (0.92, 0.69)), ((0.88, 0.72), (0.91, 0.70))]):
         for method, accs in (("lacnn_baseline", b_acc), ("lacnn", l_acc)):
             for trait, acc in zip(("Male", "Smiling"), accs):
-                rows.append({"method": method, "dataset": "synth", "split": "test", "seed": seed, "attribute": trait,
-                             "class": "", "accuracy": acc})
-    table = compare_traits(pd.DataFrame(rows)).set_index("attribute")
+                rows.append({"dataset": "synth", "split": "test", "method": method, "method_name": method, "seed": seed,
+                             "target": trait, "class": "", "metric": "accuracy", "value": acc})
+    significance = pd.DataFrame([
+        {"dataset": "synth", "method_a": "lacnn", "method_b": "lacnn_baseline", "attribute": a, "test": "mcnemar",
+         "p_holm": p, "significant": p < 0.05} for a, p in (("Male", 0.01), ("Smiling", 0.5))])
+    table = compare_traits(pd.DataFrame(rows), significance=significance).set_index("trait")
+    assert list(table.index) == ["Male", "Smiling"]
     assert table.loc["Male", "winner"] == "lacnn" and table.loc["Smiling", "winner"] == "lacnn_baseline"
-    assert table.loc["Male", "seeds_won"] == 2 and table.loc["Smiling", "seeds_won"] == 0
-    assert table.loc["Male", "difference"] == pytest.approx(0.025)
-    with pytest.raises(ValueError, match="no 'accuracy' rows"):
+    assert table.loc["Male", "lacnn"] == pytest.approx(0.915) and table.loc["Male", "difference"] == pytest.approx(0.025)
+    assert bool(table.loc["Male", "significant"]) and not bool(table.loc["Smiling", "significant"])
+    with pytest.raises(ValueError, match="no 'accuracy' values"):
         compare_traits(pd.DataFrame(rows), baseline="nope", method="other")
 
 

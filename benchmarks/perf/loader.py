@@ -17,6 +17,8 @@ paths), the paths alternating so that load changes on a shared machine hit them 
 from __future__ import annotations
 
 import argparse
+import shutil
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -49,8 +51,7 @@ def epoch(dm: Any, loader: Any, index: int) -> tuple[float, int]:
     return time.perf_counter() - t0, n
 
 
-def measure(root: Path, size: int, workers: int, batch_size: int, repeats: int) -> dict[str, Any]:
-    cache_dir = SCRATCH / "cache"
+def measure(root: Path, size: int, workers: int, batch_size: int, repeats: int, cache_dir: Path) -> dict[str, Any]:
     dms = {m: make_datamodule(root, m, size, workers, batch_size, cache_dir) for m in MODES}
     t0 = time.perf_counter()
     loaders = {m: dm.train_dataloader() for m, dm in dms.items()}   # builds the cache (once: the others reuse it)
@@ -76,20 +77,30 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--keep-cache", action="store_true",
+                    help=f"reuse {SCRATCH / 'cache'} (default: a fresh folder, so the one-off build is timed too)")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     root, what = celeba_root()
     header("loader throughput: image cache vs PIL decode per item",
            {"data": what, "workers": args.workers, "batch_size": args.batch_size, "repeats": args.repeats})
-    for size in args.sizes:
-        r = measure(root, size, args.workers, args.batch_size, args.repeats)
-        print(f"-- output {size}x{size} ({r['images']} training images; cache canvas {r['canvas']}, {r['cache_mb']:.0f} MiB, "
-              f"loader setup incl. cache build {r['setup_s']:.1f}s)")
-        for m in MODES:
-            print(f"   {m:<13} {r[m]:8.0f} images/s   (epochs: {', '.join(f'{v:.0f}' for v in r['all'][m])})")
-        print(f"   ratio cached / uncached        {r['ratio']:.2f}x")
-        print(f"   ratio cached+batch / uncached  {r['ratio_batch']:.2f}x")
+    cache_dir = SCRATCH / "cache" if args.keep_cache else Path(tempfile.mkdtemp(prefix="loader-cache-", dir=SCRATCH))
+    try:
+        for size in args.sizes:
+            report(measure(root, size, args.workers, args.batch_size, args.repeats, cache_dir), size)
+    finally:
+        if not args.keep_cache:
+            shutil.rmtree(cache_dir, ignore_errors=True)
     return 0
+
+
+def report(r: dict[str, Any], size: int) -> None:
+    print(f"-- output {size}x{size} ({r['images']} training images; cache canvas {r['canvas']}, {r['cache_mb']:.0f} MiB, "
+          f"loader setup incl. the one-off cache build {r['setup_s']:.1f}s)")
+    for m in MODES:
+        print(f"   {m:<13} {r[m]:8.0f} images/s   (epochs: {', '.join(f'{v:.0f}' for v in r['all'][m])})")
+    print(f"   ratio cached / uncached        {r['ratio']:.2f}x")
+    print(f"   ratio cached+batch / uncached  {r['ratio_batch']:.2f}x")
 
 
 if __name__ == "__main__":
