@@ -77,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--profile", type=int, default=0, metavar="N",
+                    help="also profile N items of each path in this process (cProfile, top functions by own time)")
     ap.add_argument("--keep-cache", action="store_true",
                     help=f"reuse {SCRATCH / 'cache'} (default: a fresh folder, so the one-off build is timed too)")
     args = ap.parse_args(argv)
@@ -88,10 +90,36 @@ def main(argv: list[str] | None = None) -> int:
     try:
         for size in args.sizes:
             report(measure(root, size, args.workers, args.batch_size, args.repeats, cache_dir), size)
+            if args.profile:
+                profile_items(root, size, args.batch_size, cache_dir, args.profile)
     finally:
         if not args.keep_cache:
             shutil.rmtree(cache_dir, ignore_errors=True)
     return 0
+
+
+def profile_items(root: Path, size: int, batch_size: int, cache_dir: Path, n: int, top: int = 8) -> None:
+    """Where one item's time goes on each path: ``dataset[i]`` for ``n`` training items in this
+    process (no workers), under cProfile, the functions with the most own time."""
+    import cProfile
+    import pstats
+
+    for mode in ("uncached", "cached"):
+        dm = make_datamodule(root, mode, size, 0, batch_size, cache_dir)
+        dm.train_dataloader()
+        ds = dm.dataset("train")
+        items = [i % len(ds) for i in range(n)]
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        for i in items:
+            ds[i]
+        prof.disable()
+        per_item = (time.perf_counter() - t0) / n * 1e3
+        print(f"   profile {mode}: {per_item:.3f} ms per item (one process, {n} items, profiler on); top own time:")
+        stats = pstats.Stats(prof).sort_stats("tottime")
+        for (file, line, fn), (_, calls, tottime, _, _) in sorted(stats.stats.items(), key=lambda kv: -kv[1][2])[:top]:
+            print(f"      {tottime / n * 1e3:7.3f} ms/item  {fn} ({Path(file).name}:{line}, {calls} calls)")
 
 
 def report(r: dict[str, Any], size: int) -> None:

@@ -1,6 +1,6 @@
 """Training-step throughput of MCNN: the suite's Lightning path versus a plain PyTorch loop.
 
-``python -m benchmarks.perf.train_step [--steps 12] [--warmup 2] [--repeats 2] [--batch-size 100]``
+``python -m benchmarks.perf.train_step [--steps 20] [--warmup 2] [--repeats 5] [--batch-size 100]``
 
 Same model (``mcnn`` at the CPU suite's 96x96 input, Conv1 stride 3, as in
 ``benchmarks/suites/celeba.yaml``), same initial weights, same batches (a few real training
@@ -106,9 +106,9 @@ def plain_run(model: Any, loader: DataLoader, steps: int, warmup: int) -> dict[s
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--steps", type=int, default=12)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--batch-size", type=int, default=100)
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
