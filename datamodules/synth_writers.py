@@ -25,19 +25,15 @@ identities and raters in a fixed, documented way:
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
-import uuid
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import yaml
 from PIL import Image
 
 from datamodules.fer import FER2013_EMOTIONS, FERPLUS_EMOTIONS, FERPLUS_VOTE_COLUMNS
-from datamodules.synthetic import SynthFacesData, identity_split, write_celeba
+from datamodules.synthetic import SynthFacesData, atomic_output, identity_split, write_celeba
 from datamodules.tasks import age_bins
 from datamodules.utkface import AGE_BINS
 
@@ -46,29 +42,6 @@ P_UNKNOWN, P_NOT_A_FACE = 0.03, 0.01
 RACE_BUCKETS = ((0.40, 0), (0.60, 2), (0.70, 4), (0.85, 3), (1.01, 1))   # cumulative share (light -> dark), code
 FER_USAGE = ("Training", "PublicTest", "PrivateTest")
 FERPLUS_FOLDER_OF = ("FER2013Train", "FER2013Valid", "FER2013Test")
-
-
-@contextmanager
-def atomic_output(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
-    """A temporary sibling folder, renamed to ``out_dir`` when the block succeeds."""
-    out = Path(out_dir).absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
-        yield tmp
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _rng(data: SynthFacesData, purpose: int) -> np.random.Generator:

@@ -90,9 +90,10 @@ import tempfile
 import time
 import uuid
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
@@ -1616,6 +1617,29 @@ def _write_lines(path: Path, lines: list[str]) -> None:
         fh.write("\n".join(lines) + "\n")
 
 
+@contextmanager
+def atomic_output(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling folder, renamed to ``out_dir`` when the block succeeds."""
+    out = Path(out_dir).absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        yield tmp
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
 def write_celeba(data: SynthFacesData, out_dir: str | os.PathLike, split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
                  *, overwrite: bool = False) -> Path:
     """Write CelebA's official on-disk layout (see the formats below); returns the final directory.
@@ -1629,13 +1653,7 @@ def write_celeba(data: SynthFacesData, out_dir: str | os.PathLike, split_fractio
     written to a temporary sibling directory renamed into place at the end; an existing non-empty
     ``out_dir`` is an error unless ``overwrite``.
     """
-    out = Path(out_dir).absolute()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
-        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        tmp.chmod(0o755)
+    with atomic_output(out_dir, overwrite) as tmp:
         n = len(data)
         width = max(6, len(str(n)))
         names = [f"{i + 1:0{width}d}.jpg" for i in range(n)]
@@ -1664,17 +1682,7 @@ def write_celeba(data: SynthFacesData, out_dir: str | os.PathLike, split_fractio
             _write_lines(tmp / "list_bbox_celeba.txt", [str(n), "image_id x_1 y_1 width height"] + [
                 f"{name}{x:6d}{y:4d}{w:4d}{h:4d}" for name, (x, y, w, h) in zip(names, boxes)])
             _write_lines(tmp / "list_landmarks_celeba.txt", _landmark_lines(names, data.wild_landmarks5))
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    return Path(out_dir).absolute()
 
 
 #: Output formats of ``facebench synth`` (name -> writer); add new formats here.

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import argparse
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
@@ -98,6 +98,14 @@ class LNetConfig:
     C1 and C2 [10]; ``batch_norm``: batch normalisation after every convolution (not in the paper:
     a substitute for the ImageNet initialisation that makes training from scratch converge within
     CPU budgets).
+
+    Not in the paper either (both default to the paper's choices):
+    ``padding_mode``: padding of the convolutions (``zeros`` as AlexNet; ``reflect`` keeps the C5
+    maps from lighting up along the image border, an artefact of zero padding with batch norm);
+    ``pooling``: what feeds the two FC layers, ``pool5`` (AlexNet's 3x3/2 max-pooling of C5, sec. 4)
+    or ``global_max`` (the maximum of every C5 channel over the map: the FC layers cannot learn
+    position-specific responses, so a face anywhere must light the same C5 filters, and the head
+    works at any input size).
     """
 
     channels: tuple[int, ...] = (96, 256, 384, 384, 256)
@@ -107,6 +115,8 @@ class LNetConfig:
     batch_norm: bool = False
     o_size: int | None = None
     s_size: int = 227
+    padding_mode: str = "zeros"
+    pooling: str = "pool5"
 
     def __post_init__(self) -> None:
         self.channels = tuple(int(c) for c in self.channels)
@@ -115,6 +125,10 @@ class LNetConfig:
     def validate(self) -> None:
         if len(self.channels) != 5 or min(self.channels) < 1:
             raise ValueError(f"lnet.channels must be five positive widths (C1..C5), got {self.channels}")
+        if self.padding_mode not in ("zeros", "reflect", "replicate"):
+            raise ValueError(f"lnet.padding_mode must be zeros, reflect or replicate, got {self.padding_mode!r}")
+        if self.pooling not in ("pool5", "global_max"):
+            raise ValueError(f"lnet.pooling must be pool5 or global_max, got {self.pooling!r}")
 
 
 @dataclass
@@ -127,7 +141,11 @@ class LocalizationConfig:
     ``region_threshold``: a cluster's region keeps responses above this fraction of its peak;
     ``head_margin``: side of the square head-shoulder crop over the longer side of LNet_o's region;
     ``face_scale``: the face box is LNet_s's region scaled by this factor (width and height);
-    ``face_margin``: side of ANet's square face crop ``x_f`` over the longer side of the face box.
+    ``face_margin``: side of ANet's square face crop ``x_f`` over the longer side of the face box;
+    ``box``: how the region becomes a box, ``extent`` (the bounding box of its cells) or ``moments``
+    (not in the paper: centred on the response-weighted centroid of the region, each side
+    ``sqrt(12 var)`` with ``var`` the response-weighted variance of the cell positions plus a cell's
+    own ``stride^2 / 12``, i.e. the extent of a uniform region; sub-cell precision on coarse maps).
     """
 
     density_kernel: int = 3
@@ -137,11 +155,14 @@ class LocalizationConfig:
     head_margin: float = 1.2
     face_scale: float = 1.0
     face_margin: float = 1.2
+    box: str = "extent"
 
     def __post_init__(self) -> None:
         self.validate()
 
     def validate(self) -> None:
+        if self.box not in ("extent", "moments"):
+            raise ValueError(f"localization.box must be extent or moments, got {self.box!r}")
         if self.density_kernel < 1 or self.density_kernel % 2 == 0:
             raise ValueError(f"localization.density_kernel must be a positive odd number, got {self.density_kernel}")
         if not 0.0 <= self.region_threshold <= 1.0:
@@ -199,19 +220,25 @@ class LNet(nn.Module):
     def __init__(self, n_outputs: int, input_size: int, cfg: LNetConfig, in_chans: int = 3):
         super().__init__()
         c = cfg.channels
+        pm = cfg.padding_mode
         self.convs = nn.ModuleList([
-            nn.Conv2d(in_chans, c[0], 11, stride=4, padding=2), nn.Conv2d(c[0], c[1], 5, padding=2),
-            nn.Conv2d(c[1], c[2], 3, padding=1), nn.Conv2d(c[2], c[3], 3, padding=1), nn.Conv2d(c[3], c[4], 3, padding=1)])
+            nn.Conv2d(in_chans, c[0], 11, stride=4, padding=2, padding_mode=pm), nn.Conv2d(c[0], c[1], 5, padding=2, padding_mode=pm),
+            nn.Conv2d(c[1], c[2], 3, padding=1, padding_mode=pm), nn.Conv2d(c[2], c[3], 3, padding=1, padding_mode=pm),
+            nn.Conv2d(c[3], c[4], 3, padding=1, padding_mode=pm)])
         self.norm = nn.LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2.0) if cfg.local_response_norm else nn.Identity()
         self.bns = nn.ModuleList([nn.BatchNorm2d(w) if cfg.batch_norm else nn.Identity() for w in c])
         self.pool = nn.MaxPool2d(3, 2)
-        side = (self.map_size(input_size) - 3) // 2 + 1
-        if side < 1:
-            raise ValueError(f"LNet input {input_size}px gives a {self.map_size(input_size)}-cell C5 map, too small for the "
-                             f"3x3 pooling of the FC head (use at least 63px)")
-        # AlexNet's pool5 [10] feeds the FC layers; the response maps (C5) keep the two max-poolings
-        self.head = nn.Sequential(nn.MaxPool2d(3, 2), nn.Flatten(), nn.Dropout(cfg.dropout),
-                                  nn.Linear(c[4] * side * side, cfg.fc_dim), nn.ReLU(inplace=True),
+        if cfg.pooling == "global_max":
+            pooled, n_in = nn.AdaptiveMaxPool2d(1), c[4]
+        else:
+            side = (self.map_size(input_size) - 3) // 2 + 1
+            if side < 1:
+                raise ValueError(f"LNet input {input_size}px gives a {self.map_size(input_size)}-cell C5 map, too small for the "
+                                 f"3x3 pooling of the FC head (use at least 63px)")
+            # AlexNet's pool5 [10] feeds the FC layers; the response maps (C5) keep the two max-poolings
+            pooled, n_in = nn.MaxPool2d(3, 2), c[4] * side * side
+        self.head = nn.Sequential(pooled, nn.Flatten(), nn.Dropout(cfg.dropout),
+                                  nn.Linear(n_in, cfg.fc_dim), nn.ReLU(inplace=True),
                                   nn.Dropout(cfg.dropout), nn.Linear(cfg.fc_dim, n_outputs))
 
     @classmethod
@@ -404,6 +431,28 @@ def region_box(region: torch.Tensor, image_size: int, offset: float, stride: flo
     lo = torch.stack([x0, y0], 1) * stride + offset - stride / 2
     hi = torch.stack([x1, y1], 1) * stride + offset + stride / 2
     lo, hi = lo.clamp(0, image_size), hi.clamp(0, image_size)
+    return torch.cat([lo, hi - lo], 1) / image_size
+
+
+def region_moments_box(response: torch.Tensor, region: torch.Tensor, image_size: int, offset: float,
+                       stride: float) -> torch.Tensor:
+    """The ``moments`` box of a region (:class:`LocalizationConfig`): centre at the centroid of the
+    response inside the region, sides ``sqrt(12 var)`` per axis (``var``: response-weighted variance
+    of the cell centres plus ``stride^2 / 12``, so a uniform region gives its extent) -> normalised
+    ``(x, y, w, h)`` ``[B, 4]``, clipped to the image."""
+    b, h, w = region.shape
+    weight = response.float().clamp_min(0) * region
+    weight = torch.where(weight.flatten(1).sum(1)[:, None, None] > 0, weight, region.float())
+    weight = weight / weight.flatten(1).sum(1).clamp_min(1e-12)[:, None, None]
+    ys = torch.arange(h, device=region.device, dtype=weight.dtype) * stride + offset
+    xs = torch.arange(w, device=region.device, dtype=weight.dtype) * stride + offset
+    py, px = weight.sum(2), weight.sum(1)                                    # marginals [B, h], [B, w]
+    cy, cx = (py * ys).sum(1), (px * xs).sum(1)
+    vy = (py * (ys - cy[:, None]) ** 2).sum(1) + stride ** 2 / 12
+    vx = (px * (xs - cx[:, None]) ** 2).sum(1) + stride ** 2 / 12
+    half = torch.stack([vx, vy], 1).mul(12).sqrt() / 2
+    centre = torch.stack([cx, cy], 1)
+    lo, hi = (centre - half).clamp(0, image_size), (centre + half).clamp(0, image_size)
     return torch.cat([lo, hi - lo], 1) / image_size
 
 
@@ -613,7 +662,10 @@ class CascadeStage(FaceAttributeTask):
     # -- localisation -------------------------------------------------------------------------------
     def _locate(self, lnet: LNet, images: torch.Tensor, size: int) -> torch.Tensor:
         offset, stride = lnet.cell_geometry()
-        region = densest_region(lnet.response_map(resize_square(images, size)), self.loc_cfg)
+        response = lnet.response_map(resize_square(images, size))
+        region = densest_region(response, self.loc_cfg)
+        if self.loc_cfg.box == "moments":
+            return region_moments_box(response, region, size, offset, stride)
         return region_box(region, size, offset, stride)
 
     def head_shoulder(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -656,6 +708,55 @@ class CascadeStage(FaceAttributeTask):
         return pd.concat([evaluate(self.task, arrays["probs"], arrays["labels"]), loc], ignore_index=True)
 
 
+@register_method("lnet_plus")
+class LNetPlusStage(CascadeStage):
+    """Offline stand-in for LNet+ (sec. 4), the network whose C1-C5 initialise LNet_o and LNet_s.
+
+    The paper pre-trains LNet+ on ImageNet's 1,000 object categories, which are not available
+    offline (and ``pretrained: torchvision`` needs the network). This stage instead trains C1-C5
+    with attribute labels (sigmoid cross-entropy) on *aligned* faces, i.e. the same data read with
+    ``in_the_wild: false`` (``datamodule_args`` of the suite): the filters become selective for face
+    parts before LNet_o is fine-tuned on whole in-the-wild images, which is what the pre-training
+    gives the paper's LNets (Fig. 7 (b)). No face box is used. Each training batch is resized to a
+    random side in ``scale_range`` times the input size (the faces of in-the-wild images come at
+    many scales); the two FC layers on top pool C5 globally (``lnet.pooling`` is forced to
+    ``global_max`` here, so any size works) and, as in the paper, are not handed on: the next stage
+    (``lnet_o``, ``init_from: lnet_plus``) takes C1-C5 (and their batch norms) only.
+    """
+
+    input_size = 64
+    default_optimizer = {"name": "AdamW", "lr": 3e-3, "weight_decay": 5e-4}
+    default_train_transforms = {"hflip": 0.5}
+
+    def __init__(self, task: Any, *, scale_range: Sequence[float] = (1.0, 2.5), scale_step: int = 16, **kwargs: Any):
+        lo, hi = (float(v) for v in scale_range)
+        if not 0 < lo <= hi or scale_step < 1:
+            raise ValueError(f"lnet_plus: scale_range must be 0 < low <= high and scale_step >= 1, got {scale_range}, {scale_step}")
+        self.scale_range, self.scale_step = (lo, hi), int(scale_step)
+        super().__init__(task, **kwargs)
+
+    @property
+    def uses_localizer(self) -> bool:
+        return False
+
+    def configure_stage_models(self) -> None:
+        self.lnet_plus = LNet(self.task.n_logits, self.image_size, replace(self.lnet_cfg, pooling="global_max"), self.in_chans)
+        if self.pretrained:
+            load_pretrained_convs(self.lnet_plus, self.pretrained)
+
+    def training_sizes(self) -> list[int]:
+        """The input sides a training batch is resized to (multiples of ``scale_step``)."""
+        lo, hi = (max(self.scale_step, int(round(f * self.image_size / self.scale_step)) * self.scale_step)
+                  for f in self.scale_range)
+        return list(range(lo, hi + 1, self.scale_step))
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if self.training:
+            sizes = self.training_sizes()
+            image = resize_square(image, sizes[int(torch.randint(len(sizes), ()))])
+        return self.lnet_plus(image)
+
+
 @register_method("lnet_o")
 class LNetOStage(CascadeStage):
     """LNet_o (sec. 3.1, 4): C1-C5 (+ LNet+ initialisation when ``pretrained``) and two FC layers
@@ -675,6 +776,20 @@ class LNetOStage(CascadeStage):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.lnet_o(resize_square(image, self.lnet_o_size))
+
+    def load_init_checkpoint(self, path: str) -> None:
+        """From an ``lnet_plus`` stage: C1-C5 and their batch norms (the FC layers start afresh, sec. 4)."""
+        state = _read_checkpoint(path)
+        state = state.get("state_dict", state)
+        if not any(k.startswith("lnet_plus.") for k in state):
+            return super().load_init_checkpoint(path)
+        convs = {k.removeprefix("lnet_plus."): v for k, v in state.items() if k.startswith(("lnet_plus.convs.", "lnet_plus.bns."))}
+        own = self.lnet_o.state_dict()
+        wrong = [f"{k}: {tuple(v.shape)} vs {tuple(own[k].shape)}" for k, v in convs.items() if k not in own or own[k].shape != v.shape]
+        if wrong:
+            raise ValueError(f"{path}: LNet+'s convolutions differ from LNet_o's ({'; '.join(wrong[:4])}); give both stages "
+                             f"the same lnet settings")
+        self.lnet_o.load_state_dict(convs, strict=False)
 
     def on_train_start(self) -> None:
         self.lnet_o_trained.fill_(True)

@@ -18,8 +18,8 @@ import lightning_modules.all  # noqa: F401  (registers the methods and analyses)
 from datamodules.tasks import TaskSpec
 from lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, attribute_groups,
                                           box_iou_xywh, crop_boxes, density_peaks, densest_region, identity_retrieval,
-                                          load_pretrained_convs, localization_rows, region_box, similarity_loss,
-                                          split_identities)
+                                          load_pretrained_convs, localization_rows, region_box, region_moments_box,
+                                          similarity_loss, split_identities)
 from lightning_modules.local_conv import LocallySharedConv2d, cell_index
 from lightning_modules.registry import create_method, run_analysis
 
@@ -165,6 +165,22 @@ def test_recall_at_iou_on_hand_made_boxes() -> None:
     assert localization_rows({"probs": pred}).empty
 
 
+def test_moments_box_equals_extent_on_uniform_regions_and_follows_the_response() -> None:
+    offset, stride = LNet.cell_geometry()
+    response = torch.zeros(2, 7, 7)
+    response[0, 2:4, 3:6] = 1.0
+    response[1, 1:4, 1:4] = torch.tensor([[0.0, 0.0, 0.0], [0.0, 1.0, 3.0], [0.0, 0.0, 0.0]])
+    region = response > 0
+    moments = region_moments_box(response, region, 128, offset, stride)
+    torch.testing.assert_close(moments[0], region_box(region, 128, offset, stride)[0])
+    # two cells weighted 1:3 along x: centroid 3/4 of the way, width sqrt(12 (3/16 + 1/12)) cells
+    cx = (offset + stride * 2.75) / 128
+    w = math.sqrt(12 * (3 / 16 + 1 / 12)) * stride / 128
+    torch.testing.assert_close(moments[1], torch.tensor([cx - w / 2, (offset + 2 * stride - stride / 2) / 128, w, stride / 128]))
+    with pytest.raises(ValueError, match="localization.box"):
+        LocalizationConfig(box="corners")
+
+
 def test_crop_boxes_crops_the_right_pixels() -> None:
     img = torch.zeros(1, 1, 40, 40)
     img[:, :, 10:20, 20:30] = 1.0
@@ -258,6 +274,30 @@ def test_every_stage_shapes_and_hand_off(tmp_path: Path) -> None:
     assert final.multiview_features(b["image"]).shape == (3, 6 * 24)
     assert final.logits(b).shape == (3, TASK.n_logits)
     assert final.flops_per_image() > 0
+
+
+def test_lnet_plus_hands_its_convolutions_to_lnet_o(tmp_path: Path) -> None:
+    """The LNet+ stand-in trains on aligned faces at random scales; LNet_o takes C1-C5 and their
+    batch norms, not the FC layers (sec. 4); global max pooling and reflect padding work at any size."""
+    torch.manual_seed(6)
+    lnet = {**TINY_LNET, "batch_norm": True, "padding_mode": "reflect", "pooling": "global_max"}
+    plus = create_method("lnet_plus", TASK, input_size=48, lnet=lnet, scale_range=[1.0, 2.0])
+    assert plus.training_sizes() == [48, 64, 80, 96]
+    first, last = _overfit(plus, _batch(8, 48), 40, 3e-3)
+    assert last < 0.5 * first
+    plus.eval()
+    assert plus.logits(_batch(3, 48)).shape == (3, TASK.n_logits)
+    o = create_method("lnet_o", TASK, input_size=96, init_checkpoint=_save(plus, tmp_path / "plus.ckpt"))
+    assert o.lnet_cfg.pooling == "global_max" and o.lnet_cfg.padding_mode == "reflect"     # inherited
+    torch.testing.assert_close(o.lnet_o.convs[2].weight, plus.lnet_plus.convs[2].weight)
+    torch.testing.assert_close(o.lnet_o.bns[4].running_mean, plus.lnet_plus.bns[4].running_mean)
+    assert not torch.equal(o.lnet_o.head[3].weight, plus.lnet_plus.head[3].weight)
+    assert o.lnet_o(torch.randn(2, 3, 80, 80)).shape == o.lnet_o(torch.randn(2, 3, 128, 128)).shape == (2, TASK.n_logits)
+    with pytest.raises(ValueError, match="differ from LNet_o"):
+        create_method("lnet_o", TASK, input_size=96, lnet={**lnet, "channels": [8, 16, 16, 16, 8]},
+                      init_checkpoint=str(tmp_path / "plus.ckpt"))
+    with pytest.raises(ValueError, match="padding_mode"):
+        LNetConfig(padding_mode="wrap")
 
 
 def test_aligned_anet_without_localizer() -> None:
