@@ -17,7 +17,7 @@ import torch.nn.functional as F
 import lightning_modules.all  # noqa: F401  (registers the methods and analyses)
 from datamodules.tasks import TaskSpec
 from lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, attribute_groups,
-                                          box_iou_xywh, crop_boxes, density_peaks, densest_region, identity_retrieval,
+                                          box_iou_xywh, calibrate_scale, crop_boxes, density_peaks, densest_region, identity_retrieval,
                                           load_pretrained_convs, localization_rows, region_box, region_moments_box,
                                           similarity_loss, split_identities)
 from lightning_modules.local_conv import LocallySharedConv2d, cell_index
@@ -179,6 +179,26 @@ def test_moments_box_equals_extent_on_uniform_regions_and_follows_the_response()
     torch.testing.assert_close(moments[1], torch.tensor([cx - w / 2, (offset + 2 * stride - stride / 2) / 128, w, stride / 128]))
     with pytest.raises(ValueError, match="localization.box"):
         LocalizationConfig(box="corners")
+
+
+def test_face_scale_calibrated_on_val_and_applied_to_every_split(tmp_path: Path) -> None:
+    true = np.array([[0.2, 0.2, 0.2, 0.2]] * 3)
+    pred = np.array([[0.25, 0.25, 0.1, 0.1]] * 3)          # centred, half the side: IoU >= 0.5 from a factor sqrt(2)
+    assert calibrate_scale(pred, true) == 1.45
+    o = create_method("lnet_o", TASK, input_size=96, lnet=TINY_LNET)
+    o.lnet_o_trained.fill_(True)
+    s = create_method("lnet_s", TASK, input_size=96, init_checkpoint=_save(o, tmp_path / "o.ckpt"), calibrate_face_scale=True)
+    s._buffers_out = {}
+    s.collected = {"val": {"face_box": pred, "true_box": true}, "test": {"face_box": pred * [1, 1, 0.5, 0.5], "true_box": true}}
+    s.on_test_epoch_end()
+    np.testing.assert_allclose(s.collected["test"]["face_box"][0], [0.23875, 0.23875, 0.0725, 0.0725])
+    rows = s.evaluate_predictions("val", {**s.collected["val"], "probs": np.full((3, TASK.n_logits), 0.5),
+                                          "labels": np.zeros((3, TASK.n_label_slots), dtype=np.int64)})
+    value = rows.set_index(["target", "metric"])["value"]
+    assert value[("face_box", "face_scale")] == 1.45 and value[("face_box", "recall@iou0.5")] == 1.0
+    s.collected = {"test": {"face_box": pred, "true_box": true}}
+    with pytest.raises(ValueError, match="needs the val split"):
+        s.on_test_epoch_end()
 
 
 def test_crop_boxes_crops_the_right_pixels() -> None:
@@ -425,6 +445,7 @@ def test_cascade_end_to_end_through_the_runner(tmp_path: Path) -> None:
                                                   wild_size=96, workers=1)), tmp_path / "synth", split_fractions=(0.5, 0.25, 0.25))
     suite = tmp_path / "suite.yaml"
     lnet = {k: v for k, v in TINY_LNET.items()}
+    lnet_plus = {**lnet, "batch_norm": True, "padding_mode": "reflect", "pooling": "global_max", "face_logit": True}
     suite.write_text(f"""
 name: tiny_lnets
 results_dir: {tmp_path / 'results'}
@@ -433,20 +454,26 @@ datasets:
   wild: {{datamodule: celeba, args: {{root: {root}, in_the_wild: true, batch_size: 8, num_workers: 0,
           attributes: [Male, Smiling, Eyeglasses]}}}}
 methods:
-  lnet_o: {{method: lnet_o, args: {{input_size: 96, lnet: {lnet}}}}}
-  lnet_s: {{method: lnet_s, init_from: lnet_o, args: {{input_size: 96}}}}
+  lnet_plus: {{method: lnet_plus, datamodule_args: {{in_the_wild: false}}, args: {{input_size: 48, scale_range: [1.0, 1.5],
+              activation_l1: 0.3, clutter_negatives: 0.5, clutter_bank: 8, lnet: {lnet_plus}}}}}
+  lnet_o: {{method: lnet_o, init_from: lnet_plus, args: {{input_size: 96, activation_l1: 0.3, clutter_negatives: 0.5,
+            clutter_bank: 8, localization: {{box: moments}}}}}}
+  lnet_s: {{method: lnet_s, init_from: lnet_o, args: {{input_size: 96, calibrate_face_scale: true, clutter_negatives: 0.5,
+            clutter_bank: 8}}}}
   anet_identity: {{method: anet_identity, init_from: lnet_s, args: {{input_size: 96, anet: {TINY_ANET},
                    classifier_identity_fraction: 0.25}}}}
   anet: {{method: anet, init_from: anet_identity, args: {{input_size: 96}}}}
   lnets_anet: {{method: lnets_anet, init_from: anet, args: {{input_size: 96, view_margin: 8}}}}
 """)
     outcomes = run_suite(str(suite), in_process=True, report=False)
-    assert [o.state for o in outcomes] == ["done"] * 5, [o.message for o in outcomes]
+    assert [o.state for o in outcomes] == ["done"] * 6, [o.message for o in outcomes]
     runs = tmp_path / "results" / "runs"
     metrics = pd.read_csv(runs / "lnets_anet--wild--s0" / "metrics.csv", keep_default_na=False)
     test = metrics[metrics["split"] == "test"]
     assert set(test[test["metric"] == "accuracy"]["target"]) == {"Male", "Smiling", "Eyeglasses"}
     assert "recall@iou0.5" in set(test["metric"]) and "mean_face_coverage" in set(test["metric"])
+    lnet_s = pd.read_csv(runs / "lnet_s--wild--s0" / "metrics.csv", keep_default_na=False)
+    assert "face_scale" in set(lnet_s["metric"])
     ident = pd.read_csv(runs / "anet_identity--wild--s0" / "metrics.csv", keep_default_na=False)
     assert set(ident["metric"]) == {"nn_accuracy", "verification_auroc"}
     with np.load(runs / "lnets_anet--wild--s0" / "predictions_test.npz") as z:
