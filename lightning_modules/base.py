@@ -163,12 +163,20 @@ class FaceAttributeTask(L.LightningModule):
         return None
 
     # -- steps ---------------------------------------------------------------------------------------
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The loss to minimise on a training batch, and its named parts to log as ``train/<name>``
+        (epoch means); methods with several loss terms override this, not :meth:`training_step`."""
+        return self.compute_loss(self.logits(batch), batch), {}
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        loss = self.compute_loss(self.logits(batch), batch)
+        loss, parts = self.training_loss(batch)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(f"{self.method_name}: training loss is {loss.item()} at epoch {self.current_epoch}, "
                                      f"step {self.global_step}; lower the learning rate or check the inputs")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=batch["image"].shape[0])
+        n = batch["image"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
+        if parts:
+            self.log_dict({f"train/{k}": v.detach() for k, v in parts.items()}, on_step=False, on_epoch=True, batch_size=n)
         return loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:

@@ -826,9 +826,9 @@ class LNetTrainingStage(CascadeStage):
         if self.clutter_negatives and self._clutter is None:
             self._clutter = clutter_canvases(self.clutter_bank, self.clutter_size, seed=zlib.crc32(self.method_name.encode()))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         if not (self.clutter_negatives or self.activation_l1):
-            return super().training_step(batch, batch_idx)
+            return super().training_loss(batch)
         images = batch["image"]
         n = images.shape[0]
         if self.clutter_negatives:
@@ -855,20 +855,13 @@ class LNetTrainingStage(CascadeStage):
             target[:n, :k], weight[:n, :k] = label.clamp(min=0), (label >= 0).to(out.dtype)
             target[:n, k], weight[:, k] = 1.0, 1.0
             loss = F.binary_cross_entropy_with_logits(out, target, weight=weight)
-            parts = {"train/face_loss": F.binary_cross_entropy_with_logits(out[:, k], target[:, k]).detach()}
+            parts = {"face_loss": F.binary_cross_entropy_with_logits(out[:, k], target[:, k])}
         else:
             loss = self.compute_loss(out[:, :self.task.n_logits], batch)
             parts = {}
         if self.activation_l1:
             loss = loss + self.activation_l1 * feats.mean()
-        if not torch.isfinite(loss):
-            from lightning_modules.base import NonFiniteLossError
-
-            raise NonFiniteLossError(f"{self.method_name}: training loss is {loss.item()} at step {self.global_step}; "
-                                     f"lower the learning rate")
-        self.log("train/loss", loss, prog_bar=True, on_step=True, on_epoch=True, batch_size=n)
-        self.log_dict(parts, on_step=False, on_epoch=True, batch_size=n)
-        return loss
+        return loss, parts
 
 
 @register_method("lnet_plus")
@@ -1129,6 +1122,14 @@ class ANetStage(CascadeStage):
             return batch
         return subset_batch(batch, torch.isin(batch["identity"], ids))
 
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
+        """ANet trains on ANet's identities only (the classifiers' identities are held out, sec. 5);
+        a batch with none of them is skipped."""
+        batch = self.anet_samples(batch, self.anet_identity_ids)
+        if batch["image"].shape[0] == 0:
+            return None
+        return super().training_step(batch, batch_idx)
+
 
 @register_method("anet_identity")
 class ANetIdentityStage(ANetStage):
@@ -1162,26 +1163,16 @@ class ANetIdentityStage(ANetStage):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.identity_head(self.anet_features(image))
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        batch = self.anet_samples(batch, self.anet_identity_ids)
-        if batch["image"].shape[0] == 0:
-            return None
+    def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Identity softmax plus ``similarity_weight`` times the similarity loss (sec. 4)."""
         features = self.anet_features(batch["image"])
         logits = self.identity_head(features)
         target = torch.searchsorted(self.anet_identity_ids, batch["identity"])
         softmax_loss = F.cross_entropy(logits, target)
         pull = similarity_loss(features, batch["identity"])
-        loss = softmax_loss + self.similarity_weight * pull
-        if not torch.isfinite(loss):
-            from lightning_modules.base import NonFiniteLossError
-
-            raise NonFiniteLossError(f"{self.method_name}: training loss is {loss.item()} at step {self.global_step}; "
-                                     f"lower the learning rate or similarity_weight")
-        n = batch["image"].shape[0]
-        self.log_dict({"train/loss": loss, "train/identity_loss": softmax_loss, "train/similarity_loss": pull,
-                       "train/identity_accuracy": (logits.argmax(1) == target).float().mean()},
-                      on_step=True, on_epoch=True, batch_size=n, prog_bar=False)
-        return loss
+        return softmax_loss + self.similarity_weight * pull, {
+            "identity_loss": softmax_loss, "similarity_loss": pull,
+            "identity_accuracy": (logits.argmax(1) == target).float().mean()}
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         feats = self.anet_features(batch["image"])
@@ -1221,12 +1212,6 @@ class ANetAttributeStage(ANetStage):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.attribute_head(self.anet_features(image))
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor | None:
-        batch = self.anet_samples(batch, self.anet_identity_ids)
-        if batch["image"].shape[0] == 0:
-            return None
-        return super().training_step(batch, batch_idx)
 
 
 @register_method("lnets_anet")
