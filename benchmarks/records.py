@@ -130,7 +130,8 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
              "dataset": cfg["dataset_key"], "datamodule": cfg["dataset"]["datamodule"], "seed": cfg["seed"]}
     for k, v in reversed(list(ident.items())):
         metrics.insert(0, k, v)
-    extra = {"params": model.parameter_count(), "trainable_params": model.parameter_count(trainable_only=True),
+    extra = {"input_size": int(model.image_size), "input_channels": int(model.in_chans), "n_targets": len(task.targets),
+             "params": model.parameter_count(), "trainable_params": model.parameter_count(trainable_only=True),
              "flops_per_image": flops, "train_images_per_s": getattr(model, "train_images_per_s", math.nan), **timing,
              "thresholds_tuned_on": tune_on if tune_on in preds else "", "threshold_criterion": criterion,
              **provenance(cfg)}

@@ -197,36 +197,6 @@ class TaskSpec:
                 out[:, ys.start] = probs[:, ls].argmax(dim=1)
         return out
 
-    def loss(self, logits: torch.Tensor, labels: torch.Tensor, soft_targets: dict | None = None,
-             target_weights: torch.Tensor | None = None) -> torch.Tensor:
-        """Mean over targets of sigmoid cross-entropy (binary / multi-label, MCNN eq. 1) or softmax
-        cross-entropy (multi-class / ordinal); labels ``-1`` are ignored. ``soft_targets`` maps a
-        multi-class target's name to a ``[B, C]`` distribution (FER+ "probability" targets)."""
-        losses = []
-        soft_targets = soft_targets or {}
-        for t, ls, ys in zip(self.targets, self.logit_slices, self.label_slices):
-            z, y = logits[:, ls].float(), labels[:, ys]
-            if t.kind in ("binary", "multilabel"):
-                mask = y >= 0
-                if not mask.any():
-                    losses.append(z.sum() * 0.0)
-                    continue
-                per = torch.nn.functional.binary_cross_entropy_with_logits(z, y.clamp(min=0).float(), reduction="none")
-                losses.append((per * mask).sum() / mask.sum())
-            elif t.name in soft_targets:
-                q = soft_targets[t.name].float()
-                losses.append(-(q * torch.log_softmax(z, dim=1)).sum(dim=1).mean())
-            else:
-                y = y[:, 0]
-                if (y < 0).all():
-                    losses.append(z.sum() * 0.0)
-                    continue
-                losses.append(torch.nn.functional.cross_entropy(z, y, ignore_index=MISSING))
-        stacked = torch.stack(losses)
-        if target_weights is not None:
-            return (stacked * target_weights.to(stacked)).sum() / target_weights.sum()
-        return stacked.mean()
-
 
 def age_bins(edges: Sequence[float], unit: str = "") -> tuple[str, ...]:
     """Class names for ordinal age bins with the given lower edges (last bin open-ended)."""

@@ -2,22 +2,29 @@
 
 A method subclasses :class:`FaceAttributeTask` and fills three hooks (torchgeo style):
 ``configure_models`` (layers), ``configure_losses`` (default: the task's sigmoid / softmax
-cross-entropy) and, rarely, ``configure_metrics``. Training, validation, the gathering of test
+cross-entropy per target, :func:`~lightning_modules.losses.target_losses`) and, rarely,
+``configure_metrics``. Per-target losses are combined by ``combine_losses`` (equal weights; a sum
+for methods made of independent networks, which also select each network's own best epoch:
+:mod:`lightning_modules.selection`). Training, validation, the gathering of test
 predictions under DDP, optimisers and schedulers from config, parameter and FLOP counts are here.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, ClassVar
 
 import lightning as L
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
 from datamodules.base import check_options, constructor_options
 from datamodules.tasks import TaskSpec
-from lightning_modules.metrics import TaskMetrics
+from lightning_modules.losses import TargetLossMean, target_losses
+from lightning_modules.metrics import COLUMNS, TaskMetrics, summarize
+from lightning_modules.selection import NetworkSelection
 
 
 class NonFiniteLossError(RuntimeError):
@@ -92,6 +99,10 @@ class FaceAttributeTask(L.LightningModule):
         self.configure_models()
         self.configure_losses()
         self.configure_metrics()
+        networks = self.independent_networks()
+        self.network_selection = NetworkSelection(len(networks), self.monitor[1]) if networks else None
+        if networks and self.monitor[0] == "val/loss":
+            self.val_target_loss = TargetLossMean(len(self.task.targets))
         if init_checkpoint:
             self.load_init_checkpoint(init_checkpoint)
 
@@ -118,7 +129,8 @@ class FaceAttributeTask(L.LightningModule):
         raise NotImplementedError
 
     def configure_losses(self) -> None:
-        self.criterion = self.task.loss
+        """``self.criterion(logits, labels, soft_targets=...) -> [T]`` per-target losses."""
+        self.criterion = functools.partial(target_losses, self.task)
 
     def configure_metrics(self) -> None:
         self.val_metrics = TaskMetrics(self.task, auroc=True)
@@ -131,9 +143,37 @@ class FaceAttributeTask(L.LightningModule):
         """Probabilities ``[B, task.n_logits]`` in the task's layout (what records and metrics see)."""
         return self.task.probabilities(self.logits(batch) if logits is None else logits)
 
-    def compute_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+    def target_losses(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        """The loss of each target on a batch, ``[T]`` in task order."""
         soft = batch.get("soft_label") if self.use_soft_targets else None
         return self.criterion(logits, batch["label"], soft_targets=soft)
+
+    def combine_losses(self, losses: torch.Tensor) -> torch.Tensor:
+        """One training loss from the per-target losses: their mean (equal weights), or their sum
+        for methods made of independent networks (:attr:`sums_target_losses`)."""
+        return losses.sum() if self.sums_target_losses else losses.mean()
+
+    def compute_loss(self, logits: torch.Tensor, batch: dict[str, Any]) -> torch.Tensor:
+        return self.combine_losses(self.target_losses(logits, batch))
+
+    def independent_networks(self) -> list[tuple[nn.Module, list[int]]]:
+        """Separately trained networks held in this module and the target indices each predicts
+        (e.g. one network per target); empty for one network (the default). Each such network is
+        selected on its own validation score (:mod:`lightning_modules.selection`)."""
+        return []
+
+    @property
+    def sums_target_losses(self) -> bool:
+        """True when the targets are learnt by separate networks (or separate paths of one module):
+        the training loss is then the sum of the per-target losses, so that every network gets the
+        gradient it would get trained alone (a mean would divide each one's learning rate by T)."""
+        return self.network_selection is not None
+
+    @property
+    def evaluation_checkpoint(self) -> str:
+        """Checkpoint to evaluate: ``"best"`` (the monitored epoch) or ``"last"``, which methods with
+        per-network selection need (it holds every network's best weights)."""
+        return "last" if self.network_selection is not None else "best"
 
     def frozen_modules(self) -> list[nn.Module]:
         """Modules taken fixed from an earlier stage (MCNN under AUX, a branch's trunk): kept in eval
@@ -182,13 +222,66 @@ class FaceAttributeTask(L.LightningModule):
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         logits = self.logits(batch)
         loss = self.compute_loss(logits, batch)
-        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=batch["image"].shape[0])
+        n = batch["image"].shape[0]
+        self.log("val/loss", loss, prog_bar=True, on_epoch=True, sync_dist=True, batch_size=n)
         self.val_metrics.update(self.probabilities(batch, logits), batch["label"])
+        if hasattr(self, "val_target_loss"):
+            self.val_target_loss.update(self.target_losses(logits, batch), n)
 
     def on_validation_epoch_end(self) -> None:
-        for name, value in self.val_metrics.compute_summary().items():
+        rows = pd.DataFrame(self.val_metrics.compute(), columns=COLUMNS)
+        for name, value in summarize(rows, self.task).items():
             self.log(f"val/{name}", value, sync_dist=False)
         self.val_metrics.reset()
+        if self.network_selection is not None:
+            self.select_networks(rows)
+
+    def target_scores(self, rows: pd.DataFrame) -> np.ndarray:
+        """Per-target validation score ``[T]`` of the monitored quantity: the per-target loss for
+        ``val/loss``, else the target's mean of the monitored metric (``val/mean_accuracy`` ->
+        its accuracy rows)."""
+        if self.monitor[0] == "val/loss":
+            scores = self.val_target_loss.compute().cpu().numpy()
+            self.val_target_loss.reset()
+            return scores
+        metric = self.monitor[0].removeprefix("val/").removeprefix("mean_")
+        sel = rows[rows["metric"] == metric]
+        level = sel[sel["class"].fillna("") == ""]
+        per = level.groupby("target")["value"].mean()
+        per = per.combine_first(sel.groupby("target")["value"].mean())   # multi-label targets: their classes
+        return np.array([per.get(name, np.nan) for name in self.task.names], dtype=np.float64)
+
+    def select_networks(self, rows: pd.DataFrame) -> None:
+        """Keep each independent network's weights at its own best validation epoch."""
+        scores = self.target_scores(rows)
+        if not self.trainer.sanity_checking:
+            self.select_networks_at(rows, self.current_epoch, scores)
+
+    def select_networks_at(self, rows: pd.DataFrame, epoch: int, scores: np.ndarray | None = None) -> None:
+        """:meth:`select_networks` for a given epoch (scores: :meth:`target_scores` of ``rows``)."""
+        scores = self.target_scores(rows) if scores is None else scores
+        networks = self.independent_networks()
+        per_network = [float(np.nanmean(scores[idx])) if np.isfinite(scores[idx]).any() else np.nan for _, idx in networks]
+        self.network_selection.update(per_network, [net for net, _ in networks], epoch)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.network_selection is not None:
+            checkpoint["network_selection"] = self.network_selection.state_dict()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self.network_selection is not None and "network_selection" in checkpoint:
+            self.network_selection.load_state_dict(checkpoint["network_selection"])
+
+    def apply_network_selection(self) -> None:
+        """Load every independent network's best weights (before testing or predicting)."""
+        if self.network_selection is not None:
+            self.network_selection.apply([net for net, _ in self.independent_networks()])
+
+    def on_test_start(self) -> None:
+        self.apply_network_selection()
+
+    def on_predict_start(self) -> None:
+        self.apply_network_selection()
 
     def test_step(self, batch: dict[str, Any], batch_idx: int, dataloader_idx: int = 0) -> None:
         probs = self.probabilities(batch)

@@ -95,25 +95,37 @@ class TimmBaseline(FaceAttributeTask):
         pretrained: load timm's ImageNet weights (needs the network or a local ``pretrained_file``).
         pretrained_file: a local weights file for the backbone (offline pre-training).
         drop_rate: dropout before the classifier.
+        model_kwargs: further ``timm.create_model`` arguments (e.g. ``{patch_size: 8}`` for a ViT at a
+            small input, ``drop_path_rate``).
+
+    The network input size is passed to timm as ``img_size`` for the models whose layers depend on it
+    (vision transformers, Swin, ...), so any backbone works at any ``input_size``; convolutional
+    models, which take no such argument, are created without it.
     """
 
     task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
 
     def __init__(self, task: Any, *, backbone: str = "resnet18", pretrained: bool = False,
-                 pretrained_file: str | None = None, drop_rate: float = 0.0, **kwargs: Any):
+                 pretrained_file: str | None = None, drop_rate: float = 0.0, model_kwargs: dict[str, Any] | None = None,
+                 **kwargs: Any):
         self.backbone_name, self.pretrained, self.pretrained_file, self.drop_rate = backbone, pretrained, pretrained_file, drop_rate
+        self.model_kwargs = dict(model_kwargs or {})
         super().__init__(task, **kwargs)
 
     def configure_models(self) -> None:
         self.net = create_timm_model(self.backbone_name, pretrained=self.pretrained, pretrained_file=self.pretrained_file,
-                                     num_classes=self.task.n_logits, in_chans=self.in_chans, drop_rate=self.drop_rate)
+                                     img_size=self.image_size, num_classes=self.task.n_logits, in_chans=self.in_chans,
+                                     drop_rate=self.drop_rate, **self.model_kwargs)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
 
-def create_timm_model(name: str, *, pretrained: bool = False, pretrained_file: str | None = None, **kwargs: Any) -> nn.Module:
-    """``timm.create_model`` with a one-line error when pre-trained weights cannot be fetched offline."""
+def create_timm_model(name: str, *, pretrained: bool = False, pretrained_file: str | None = None,
+                      img_size: int | None = None, **kwargs: Any) -> nn.Module:
+    """``timm.create_model`` with a one-line error when pre-trained weights cannot be fetched offline.
+    ``img_size`` goes to the models whose constructor takes it (ViTs and other models with
+    size-dependent layers); the others are built without it (their layers do not depend on it)."""
     import timm
 
     if name not in timm.list_models() and name.split(".")[0] not in timm.list_models():
@@ -122,6 +134,12 @@ def create_timm_model(name: str, *, pretrained: bool = False, pretrained_file: s
         kwargs["pretrained_cfg_overlay"] = {"file": str(pretrained_file)}
         pretrained = True
     try:
+        if img_size is not None:
+            try:
+                return timm.create_model(name, pretrained=pretrained, img_size=img_size, **kwargs)
+            except TypeError as exc:
+                if "img_size" not in str(exc):
+                    raise
         return timm.create_model(name, pretrained=pretrained, **kwargs)
     except Exception as exc:  # network / hub errors come in many types
         if not pretrained:

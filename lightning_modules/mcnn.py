@@ -489,8 +489,17 @@ class IndependentCNNs(MCNNFamily):
     """One independent CNN per target ("Experiments / Independent CNNs"): one path of MCNN, i.e.
     Conv1 -> Conv2 -> Conv3 -> FC1 -> FC2 -> output with the same sizes, nothing shared, all paths
     in one module (grouped convolutions, batched FC layers). Each path has 1.80M parameters at
-    227x227 ("over 1.6 million"); the paper trains them one at a time, here one step trains all
-    (the sum of the per-attribute losses is the sum of independent problems)."""
+    227x227 ("over 1.6 million"); the paper trains them one at a time, here one step trains all.
+    The training loss is the *sum* of the per-attribute losses: paths share nothing, so each one
+    gets exactly the gradient of its own attribute's loss at the full learning rate, as if trained
+    alone (one scale per path; the mean would train each at ``lr / T``). The paths live in shared
+    grouped layers, so they share one checkpoint selection (the epoch of the best mean
+    ``val/loss``), unlike the per-network selection of the semantic CNN's and LACNN's
+    separate networks."""
+
+    @property
+    def sums_target_losses(self) -> bool:
+        return True
 
     def configure_models(self) -> None:
         paths = len(self.task.targets)

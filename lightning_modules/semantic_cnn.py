@@ -18,11 +18,11 @@ Registered names:
 
 Preprocessing (Section 3.3): face detection / alignment is the datamodule's job
 (``datamodules/preprocess.py``). Global contrast normalisation has two parts: the per-image part
-(subtract the image mean, fix the norm) is the suite's ``transforms: {per_image_standardize:
-true}`` (it fixes the standard deviation instead of the norm: the same up to one constant factor);
-the per-pixel part (subtract each pixel's training-set mean, divide by its standard deviation) is
-this method's first layer, :class:`PixelStandardize`, fitted on the training split when fitting
-starts (``pixel_standardize``).
+(subtract the image's mean, scale it to a fixed norm, pylearn2's ``GlobalContrastNormalization``
+with scale 100) is the datamodule's ``preprocess: {global_contrast: true}``, which the ``fer`` and
+``celeba`` suites set for this method; the per-pixel part (subtract each pixel's training-set mean,
+divide by its standard deviation) is this method's first layer, :class:`PixelStandardize`, fitted
+on the training split when fitting starts (``pixel_standardize``).
 """
 
 from __future__ import annotations
@@ -172,7 +172,12 @@ class SemanticCNN(nn.Module):
     """The network of Section 4.1.1 (Figure 5), parameterised for the sweeps of Section 4.1.
 
     Default: 48x48x1 -> conv 5x5x64 -> LCN -> max-pool 3x3/2 (44 -> 22) -> conv 5x5x64 (18) ->
-    conv 4x4x128 (15) -> FC 3072 with dropout 0.2 -> outputs; ReLU after every hidden layer.
+    conv 4x4x128 (15) -> FC 3072 -> ReLU -> dropout 0.2 -> outputs.
+
+    The FC layer's activation is our choice: Section 4.1.1 calls it "a fully connected linear
+    layer" and, two sentences later, says "All layers in the network are made up of ReLu units".
+    We apply ReLU (a linear 3072-unit layer followed by the linear output layer would collapse into
+    one linear map of the conv features, making its width meaningless); dropout acts on its output.
 
     * ``depth``: number of conv layers; fewer keeps the first ones, more repeats the last layer's
       kernel size and width ("addition or removal of a convolutional layer, keeping the fully
@@ -281,7 +286,10 @@ class SemanticFeaturesCNN(FaceAttributeTask):
     Network arguments: see :class:`SemanticCNN`. Others:
 
     * ``per_task_networks``: one separate network per target (the paper's individual networks),
-      instead of one joint network with all outputs;
+      instead of one joint network with all outputs. As if each were trained alone, the training
+      loss is the *sum* of the per-target losses (each network gets its own loss's gradient at the
+      full learning rate; a mean would train each at ``lr / T``) and each network keeps the weights
+      of its own best validation epoch (its own accuracy: :mod:`lightning_modules.selection`);
     * ``sigmoid_all_classes``: the joint network of Section 4.2.7: every class of every target is a
       non-exclusive label with a sigmoid output (binary cross-entropy averaged over all labels);
       probabilities of a multi-class slice are its sigmoids normalised to sum to 1; with
@@ -341,6 +349,10 @@ class SemanticFeaturesCNN(FaceAttributeTask):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = self.input_norm(image)
         return torch.cat([net(x) for net in self.networks], dim=1)
+
+    def independent_networks(self) -> list[tuple[nn.Module, list[int]]]:
+        """Per-task networks: network ``i`` predicts target ``i`` (none in joint mode)."""
+        return [(net, [i]) for i, net in enumerate(self.networks)] if self.per_task_networks else []
 
     def on_fit_start(self) -> None:
         """Fit the per-pixel statistics on the training split (once; restored from checkpoints)."""
