@@ -28,7 +28,7 @@ from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
 from benchmarks.records import RunRecord, finished_run_dirs, load_run_record  # noqa: E402
 from benchmarks.tables import slug  # noqa: E402
-from datamodules.tasks import TaskSpec  # noqa: E402
+from datamodules.core.tasks import TaskSpec  # noqa: E402
 
 PER_FIGURE = 8
 CALIBRATION_BINS = 15

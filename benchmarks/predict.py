@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
-from benchmarks.io import write_csv
+from datamodules.core.io import write_csv
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 

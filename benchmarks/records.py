@@ -24,9 +24,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.io import write_csv, write_npz, write_text
+from datamodules.core.io import write_csv, write_npz, write_text
 from benchmarks.provenance import provenance
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 
 ID_COLUMNS = ["suite", "run_id", "method", "method_name", "dataset", "datamodule", "split", "seed"]
 TUNE_SPLIT = "val"
@@ -54,7 +54,7 @@ class RunRecord:
 
 def finished_run_dirs(results_dir: str | Path) -> list[Path]:
     """Run folders under ``results_dir`` (searched recursively) whose status is ``done``."""
-    from benchmarks.io import read_json
+    from datamodules.core.io import read_json
     from benchmarks.worker import STATUS
 
     return [p.parent for p in sorted(Path(results_dir).rglob(STATUS)) if (read_json(p, {}) or {}).get("state") == "done"]

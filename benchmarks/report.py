@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from benchmarks.io import write_csv, write_json
+from datamodules.core.io import write_csv, write_json
 from benchmarks.provenance import git_commit, machine, package_versions
 from benchmarks.records import finished_run_dirs
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from benchmarks.io import read_json, write_json, write_yaml
+from datamodules.core.io import read_json, write_json, write_yaml
 from benchmarks.suite import RunSpec, Suite, load_suite, parse_shard, select
 from benchmarks.worker import STATUS
 

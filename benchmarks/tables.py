@@ -30,7 +30,7 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmarks.io import write_csv, write_text
+from datamodules.core.io import write_csv, write_text
 from benchmarks.provenance import REPO_ROOT
 from lightning_modules.metrics import lower_is_better
 

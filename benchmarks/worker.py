@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks.io import read_json, write_json
+from datamodules.core.io import read_json, write_json
 
 STATUS = "status.json"
 #: Datamodule arguments of every suite run unless its config sets them: the decoded-image cache

@@ -2,14 +2,13 @@
 sample dicts and the base ``LightningDataModule`` with its loaders.
 
 A concrete dataset file (``celeba.py``, ``lfwa.py``, ...) parses its files into a
-:class:`SampleTable` per split and declares its :class:`~datamodules.tasks.TaskSpec`; everything
+:class:`SampleTable` per split and declares its :class:`~datamodules.core.tasks.TaskSpec`; everything
 else (image loading, transforms, landmarks, loaders, inspection) lives here.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import warnings
 from dataclasses import dataclass, field, fields
@@ -22,10 +21,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
+from datamodules.core.config import check_options, constructor_options
+from datamodules.core.registry import Registry
 from datamodules.cache import StoredGeometry, StoredImages, box_to_stored, decode_image, plan_row, prescale, to_stored
 from datamodules.sampling import EpochShardSampler
 from datamodules.splits import SplitConfig, assign_splits, split_indices, strata_of
-from datamodules.tasks import MISSING, TaskSpec
+from datamodules.core.tasks import MISSING, TaskSpec
 from datamodules.transforms import FaceTransform, TransformConfig
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -38,56 +39,19 @@ UNSPLIT = "all"
 # ------------------------------------------------------------------------------------------------
 # registry
 # ------------------------------------------------------------------------------------------------
-_DATAMODULES: dict[str, type["FaceDataModule"]] = {}
-
-
-def register_datamodule(name: str) -> Callable[[type], type]:
-    """Class decorator: make a datamodule creatable by name from a suite config."""
-
-    def deco(cls: type) -> type:
-        if name in _DATAMODULES and _DATAMODULES[name] is not cls:
-            raise ValueError(f"datamodule name {name!r} registered twice")
-        _DATAMODULES[name] = cls
-        cls.registered_name = name
-        return cls
-
-    return deco
-
-
-def datamodule_names() -> list[str]:
+def _load_all() -> None:
     import datamodules.all  # noqa: F401  (registers every datamodule)
 
-    return sorted(_DATAMODULES)
 
-
-def get_datamodule_class(name: str) -> type["FaceDataModule"]:
-    names = datamodule_names()
-    if name not in _DATAMODULES:
-        raise ValueError(f"unknown dataset {name!r}; registered datasets: {', '.join(names)}")
-    return _DATAMODULES[name]
+DATAMODULES: Registry[type["FaceDataModule"]] = Registry("dataset", loader=_load_all, name_attribute="registered_name")
+#: Class decorator: make a datamodule creatable by name from a suite config.
+register_datamodule = DATAMODULES.register
+datamodule_names = DATAMODULES.names
+get_datamodule_class = DATAMODULES.get
 
 
 def create_datamodule(name: str, **kwargs: Any) -> "FaceDataModule":
-    cls = get_datamodule_class(name)
-    return cls(**kwargs)
-
-
-def constructor_options(cls: type, root: type, skip: tuple[str, ...] = ("self",)) -> set[str]:
-    """Keyword arguments accepted by the constructors of ``cls`` and its bases up to ``root``
-    (a subclass passing ``**kwargs`` on accepts its bases' arguments too)."""
-    keys: set[str] = set()
-    for klass in cls.__mro__:
-        if "__init__" in vars(klass) and issubclass(klass, root):
-            params = inspect.signature(klass.__init__).parameters
-            keys |= {n for n, p in params.items() if n not in skip and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
-    return keys
-
-
-def check_options(what: str, cfg: dict[str, Any], allowed: set[str]) -> None:
-    """A clear error naming unknown configuration keys and the allowed ones."""
-    unknown = sorted(set(cfg) - allowed)
-    if unknown:
-        raise ValueError(f"{what}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
+    return get_datamodule_class(name)(**kwargs)
 
 
 class DatasetFormatError(ValueError):

@@ -62,6 +62,8 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
+from datamodules.core.config import config_from_value
+
 #: Bump when the stored pixels of a given plan change (new resize, new channel conversion...).
 CACHE_VERSION = 1
 #: Columns of a plan row.
@@ -195,7 +197,6 @@ class ImageCacheConfig:
 
     @classmethod
     def from_value(cls, value: "ImageCacheConfig | bool | str | dict[str, Any] | None") -> "ImageCacheConfig":
-        from datamodules.splits import config_from_value
 
         if isinstance(value, (bool, str)):
             value = {"enabled": value}

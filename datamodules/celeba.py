@@ -23,7 +23,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from datamodules.base import DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 
 #: The 40 CelebA attributes in the order of ``list_attr_celeba.txt``.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (

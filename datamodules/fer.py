@@ -38,7 +38,7 @@ from pathlib import Path
 import numpy as np
 
 from datamodules.base import DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
-from datamodules.tasks import MISSING, Target, TaskSpec
+from datamodules.core.tasks import MISSING, Target, TaskSpec
 
 FER2013_EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}

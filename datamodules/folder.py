@@ -34,7 +34,7 @@ import yaml
 
 from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
 from datamodules.fer import header_columns, open_csv
-from datamodules.tasks import MISSING, TARGET_KINDS, Target, TaskSpec, age_bins
+from datamodules.core.tasks import MISSING, TARGET_KINDS, Target, TaskSpec, age_bins
 from datamodules.utkface import age_bin
 
 TRUE_WORDS = {"1", "+1", "true", "yes", "y"}

@@ -31,7 +31,7 @@ import numpy as np
 from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
 from datamodules.celeba import CELEBA_ATTRIBUTES
 from datamodules.fer import header_columns
-from datamodules.tasks import MISSING, TaskSpec
+from datamodules.core.tasks import MISSING, TaskSpec
 
 LFWA_ATTRIBUTES: tuple[str, ...] = CELEBA_ATTRIBUTES
 LFW_FILE = re.compile(r"^(?P<name>.+)_(?P<number>\d{4})\.jpg$")

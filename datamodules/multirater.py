@@ -38,7 +38,7 @@ import numpy as np
 
 from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
 from datamodules.fer import header_columns, open_csv
-from datamodules.tasks import MISSING, Target, TaskSpec
+from datamodules.core.tasks import MISSING, Target, TaskSpec
 
 FAD_OBJECTIVE_TRAITS: tuple[str, ...] = ("gender", "ethnicity", "age", "makeup", "hair_color")
 LONG_COLUMNS = ("image", "rater", "trait", "label")

@@ -45,6 +45,8 @@ import cv2
 import numpy as np
 import torch
 
+from datamodules.core.config import config_from_value
+
 #: Eye-contour indices of the iBUG 68-point scheme (image-left eye first when the face is upright).
 EYE_68 = (tuple(range(36, 42)), tuple(range(42, 48)))
 
@@ -178,7 +180,6 @@ class PreprocessConfig:
 
     @classmethod
     def from_value(cls, value: "PreprocessConfig | dict[str, Any] | None") -> "PreprocessConfig":
-        from datamodules.splits import config_from_value
 
         return config_from_value(cls, value, "preprocess")
 

@@ -20,10 +20,12 @@ explicit integer sequence is used (no Python ``hash()``, no global RNG state).
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
+
+from datamodules.core.config import config_from_value
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 #: Stream id mixed into every split seed, so that splits never share random numbers with sampling.
@@ -51,25 +53,6 @@ class SplitConfig:
             raise ValueError(f"split.fractions must be three non-negative numbers (train, val, test), got {list(self.fractions)}")
         if not 0.0 <= float(self.val_from_train) < 1.0:
             raise ValueError(f"split.val_from_train must be in [0, 1), got {self.val_from_train}")
-
-
-def config_from_value(cls: type, value: Any, where: str, defaults: Any = None) -> Any:
-    """A config dataclass from a YAML mapping (fields not given keep ``defaults``' values), checked
-    by its ``validate()``; unknown keys are named in the error."""
-    base = defaults if defaults is not None else cls()
-    if value is None:
-        return base
-    if isinstance(value, cls):
-        return value
-    if not isinstance(value, dict):
-        raise ValueError(f"{where}: expected a mapping of {', '.join(f.name for f in fields(cls))}, got {value!r}")
-    allowed = {f.name for f in fields(cls)}
-    unknown = sorted(set(value) - allowed)
-    if unknown:
-        raise ValueError(f"{where}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
-    cfg = cls(**{**{f.name: getattr(base, f.name) for f in fields(cls)}, **value})
-    cfg.validate()
-    return cfg
 
 
 def strata_of(labels: np.ndarray, min_count: int = 3) -> np.ndarray:

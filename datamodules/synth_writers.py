@@ -34,7 +34,7 @@ from PIL import Image
 
 from datamodules.fer import FER2013_EMOTIONS, FERPLUS_EMOTIONS, FERPLUS_VOTE_COLUMNS
 from datamodules.synthetic import SynthFacesData, atomic_output, identity_split, write_celeba
-from datamodules.tasks import age_bins
+from datamodules.core.tasks import age_bins
 from datamodules.utkface import AGE_BINS
 
 SYNTH_STREAM = 4242          # seeds of the derivations below: [config.seed, SYNTH_STREAM, purpose]

@@ -101,7 +101,7 @@ from PIL import Image, ImageDraw, ImageFilter
 from datamodules.base import SampleTable, register_datamodule
 from datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule
 from datamodules.preprocess import default_cache_dir
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 
 # ---------------------------------------------------------------------------------------------
 # Label set

@@ -36,8 +36,8 @@ from typing import Sequence
 import numpy as np
 
 from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
-from datamodules.tasks import Target, TaskSpec
-from datamodules.tasks import age_bins as age_bin_names
+from datamodules.core.tasks import Target, TaskSpec
+from datamodules.core.tasks import age_bins as age_bin_names
 
 UTK_RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")
 UTK_GENDERS: tuple[str, ...] = ("male", "female")

@@ -294,7 +294,7 @@ def rater_agreement_main(argv: list[str]) -> int:
     """``facebench analyze rater-agreement --dataset ferplus --root DIR [--out CSV]``: per-class
     Fleiss' kappa and the leave-one-rater-out human ceiling of a dataset's rater votes."""
     from benchmarks.cli import _parse_sets
-    from benchmarks.io import write_csv
+    from datamodules.core.io import write_csv
     from datamodules.base import create_datamodule
 
     p = argparse.ArgumentParser(prog="facebench analyze rater-agreement", description=rater_agreement_main.__doc__)

@@ -20,8 +20,8 @@ import pandas as pd
 import torch
 from torch import nn
 
-from datamodules.base import check_options, constructor_options
-from datamodules.tasks import TaskSpec
+from datamodules.core.config import check_options, constructor_options
+from datamodules.core.tasks import TaskSpec
 from lightning_modules.losses import TargetLossMean, target_losses
 from lightning_modules.metrics import COLUMNS, TaskMetrics, summarize
 from lightning_modules.selection import NetworkSelection

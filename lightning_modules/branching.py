@@ -82,7 +82,7 @@ from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
 from datamodules.base import DatasetFormatError
-from datamodules.tasks import TARGET_KINDS, TaskSpec
+from datamodules.core.tasks import TARGET_KINDS, TaskSpec
 from lightning_modules.base import FaceAttributeTask, _gather
 from lightning_modules.registry import register_analysis, register_method
 
@@ -686,7 +686,7 @@ def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
 def sweep_records(results_dir: str | Path, method_name: str = "branching") -> pd.DataFrame:
     """Metrics of every finished run of ``method_name`` under ``results_dir`` with its
     ``branch_from``, trainable parameters and best checkpoint."""
-    from benchmarks.io import read_json
+    from datamodules.core.io import read_json
     from benchmarks.records import finished_run_dirs
     from benchmarks.worker import STATUS
 
@@ -767,7 +767,7 @@ def branch_selection_main(argv: list[str]) -> int:
     if args.seed is not None:
         table = table[table["seed"] == args.seed]
     if args.out:
-        from benchmarks.io import write_csv
+        from datamodules.core.io import write_csv
 
         write_csv(args.out, table)
     grid = table.pivot_table(index=["dataset", "seed", "target"], columns="branch_from", values=args.metric, aggfunc="first")
@@ -846,7 +846,7 @@ def face_verification_main(argv: list[str]) -> int:
     print(f"face verification ({source}): accuracy {res['accuracy']:.4f} +- {res['std']:.4f} over {res['folds']} folds, "
           f"{res['pairs']} pairs")
     if args.out:
-        from benchmarks.io import write_json
+        from datamodules.core.io import write_json
 
         write_json(args.out, res)
     return 0
@@ -919,7 +919,7 @@ def operating_point_main(argv: list[str]) -> int:
         print(f"{name}: thresholds at fpr <= {args.target_fpr:g} on {args.tune_split}; on {args.eval_split}: "
               f"tpr {res['tpr']:.4f}, fpr {res['fpr']:.4f}, no label {res['unlabelled']:.4f} ({res['samples']} samples)")
     if args.out:
-        from benchmarks.io import write_json
+        from datamodules.core.io import write_json
 
         write_json(args.out, results)
     return 0

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 from lightning_modules.registry import get_method_class, method_names
 
 #: The reference task for parameter / FLOP figures: 40 binary attributes (CelebA).

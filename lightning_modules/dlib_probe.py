@@ -55,7 +55,7 @@ import torch
 
 from datamodules.landmarks import dlib_model_path
 from datamodules.preprocess import FileCache, default_cache_dir, sha1_file, table_keys
-from datamodules.tasks import TARGET_KINDS
+from datamodules.core.tasks import TARGET_KINDS
 from lightning_modules.base import FaceAttributeTask
 from lightning_modules.registry import register_method
 

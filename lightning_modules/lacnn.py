@@ -61,7 +61,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from datamodules.tasks import Target, TaskSpec
+from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.base import FaceAttributeTask
 from lightning_modules.registry import register_analysis, register_method
 

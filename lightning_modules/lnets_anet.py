@@ -72,7 +72,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.splits import config_from_value
+from datamodules.core.config import config_from_value
 from lightning_modules.base import FaceAttributeTask
 from lightning_modules.local_conv import LocallySharedConv2d
 from lightning_modules.metrics import evaluate

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 from lightning_modules.base import FaceAttributeTask
 from lightning_modules.registry import register_analysis, register_method
 

@@ -1,4 +1,4 @@
-"""Metrics over a :class:`~datamodules.tasks.TaskSpec`, built from torchmetrics so that every
+"""Metrics over a :class:`~datamodules.core.tasks.TaskSpec`, built from torchmetrics so that every
 state is reduced correctly under DDP.
 
 :class:`TaskMetrics` updates from ``(probabilities, labels[, votes, ages])`` in the task's layouts
@@ -67,7 +67,7 @@ from torchmetrics.classification import (BinaryCalibrationError, MulticlassAUROC
                                          MultilabelSensitivityAtSpecificity, MultilabelStatScores)
 from torchmetrics.utilities import dim_zero_cat
 
-from datamodules.tasks import Target, TaskSpec
+from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.agreement import FleissKappa, RaterAgreement
 
 MISSING = -1

@@ -41,7 +41,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import CosineSimilarity, MeanAbsoluteError
 
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 from lightning_modules.base import FaceAttributeTask
 from lightning_modules.registry import register_analysis, register_method
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import yaml
 
-from datamodules.tasks import Target, TaskSpec
+from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.branching import (AssembledBranchingNet, BranchingFineTuneTask, BranchingIdentityTask,
                                          FaceIdentityNetwork, VerificationPairs, apply_operating_point,
                                          generate_pairs, read_lfw_pairs, select_branches, select_operating_point,

@@ -11,7 +11,7 @@ import torch
 
 from datamodules.base import SampleTable
 from datamodules.celeba import CelebADataModule
-from datamodules.tasks import Target, TaskSpec
+from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.dlib_probe import DescriptorConfig, DlibEmbeddingProbe, embed_table, fit_linear_probe
 from lightning_modules.registry import create_method
 

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules.tasks import TaskSpec, Target
+from datamodules.core.tasks import TaskSpec, Target
 from lightning_modules.lacnn import LACNNBaseline
 from lightning_modules.mcnn import IndependentCNNs
 from lightning_modules.semantic_cnn import SemanticFeaturesCNN

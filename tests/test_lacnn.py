@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.tasks import Target, TaskSpec
+from datamodules.core.tasks import Target, TaskSpec
 from datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
 from lightning_modules.lacnn import (LACNN, CaffeAlexNet, LACNNBaseline, compare_traits, first_layer_analysis,
                                      landmark_channel, nearest_landmark_index)

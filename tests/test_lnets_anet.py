@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 import lightning_modules.all  # noqa: F401  (registers the methods and analyses)
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 from lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, attribute_groups,
                                           box_iou_xywh, calibrate_scale, crop_boxes, density_peaks, densest_region, identity_retrieval,
                                           load_pretrained_convs, localization_rows, region_box, region_moments_box,

@@ -11,7 +11,7 @@ import torch
 from PIL import Image
 
 from datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
-from datamodules.tasks import TaskSpec, Target
+from datamodules.core.tasks import TaskSpec, Target
 from lightning_modules.mcnn import (CELEBA_GROUPS, MCNN, GroupingError, IndependentCNNs, MCNNAux, aux_heatmap,
                                     auto_conv1_stride, resolve_groups)
 from lightning_modules.registry import analysis_names, create_method, method_names

@@ -13,7 +13,7 @@ import torch
 from sklearn import metrics as skm
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
-from datamodules.tasks import Target, TaskSpec, age_bins
+from datamodules.core.tasks import Target, TaskSpec, age_bins
 from lightning_modules.agreement import add_rater, loo_majority_agreement
 from lightning_modules.metrics import TaskMetrics, bin_centres, evaluate, summarize, tune_thresholds
 

@@ -18,7 +18,7 @@ import datamodules.cache as cache_module
 from datamodules.batch_augment import BatchAugment, collate_stored
 from datamodules.celeba import CelebADataModule
 from datamodules.synthetic import SynthFacesConfig, generate, write_celeba
-from datamodules.tasks import TaskSpec
+from datamodules.core.tasks import TaskSpec
 from datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
 from lightning_modules.base import FaceAttributeTask
 

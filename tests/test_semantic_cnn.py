@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from datamodules.tasks import TaskSpec, Target
+from datamodules.core.tasks import TaskSpec, Target
 from lightning_modules.registry import create_method, run_analysis
 from lightning_modules.semantic_cnn import (LocalContrastNorm, PCAShapeModel, PixelStandardize, SemanticCNN,
                                             SemanticFeaturesCNN, SemanticShapeCNN, class_indicators,
