@@ -1,11 +1,12 @@
 # facebench: the two commands of the quick start.
 #   make bench   create .venv, install facebench, run the default suite (SynthFaces, CPU) and its leaderboard
 #   make test    create .venv, install facebench with its test extras, run the tests
+#   make test-fast  the same without the end-to-end tests marked slow (a few minutes on 2 cores)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
 
-.PHONY: bench test install install-dev clean
+.PHONY: bench test test-fast install install-dev clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +30,9 @@ bench: install
 # pytest exits 5 when it collected no tests: that is a failure here too
 test: install-dev
 	$(BIN)/python -m pytest -q; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
+
+test-fast: install-dev
+	$(BIN)/python -m pytest -q -m "not slow"; rc=$$?; if [ $$rc -eq 5 ]; then echo "pytest collected no tests"; exit 1; fi; exit $$rc
 
 clean:
 	rm -rf $(VENV) .pytest_cache

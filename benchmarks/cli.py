@@ -1,40 +1,45 @@
 """The ``facebench`` command.
 
-    facebench run [SUITE] [--only PAT ...] [--shard i/n] [--force] [--set key=value ...]
+    facebench run [SUITE] [--only PAT ...] [--shard i/n] [--force] [--strict] [--set key=value ...]
     facebench report [RESULTS_DIR]
     facebench synth --format celeba --out DIR --n N --seed S
     facebench inspect --dataset NAME --root DIR [--json] [--set key=value ...]
-    facebench list {methods,datasets,suites} [--json]
+    facebench list {methods,datasets,suites,weightings} [--json]
     facebench predict --run RUN_DIR IMAGES... [--detect] [--out CSV]
-    facebench analyze NAME [ARGS...]      (analyses registered by method modules)
+    facebench analyze NAME [ARGS...]      (the paper analyses of benchmarks/analyses/)
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Sequence
 
 import yaml
 
-
-def _parse_sets(items: Sequence[str] | None) -> dict[str, Any]:
-    out = {}
-    for item in items or []:
-        if "=" not in item:
-            raise SystemExit(f"facebench: --set expects key=value, got {item!r}")
-        k, v = item.split("=", 1)
-        out[k] = yaml.safe_load(v)
-    return out
+from benchmarks.overrides import parse_sets
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from benchmarks.logging_setup import set_verbose
     from benchmarks.runner import run_suite
 
-    outcomes = run_suite(args.suite, only=args.only, shard=args.shard, force=args.force, results_root=args.results,
-                         overrides=_parse_sets(args.set), in_process=args.in_process)
+    from benchmarks.worker import STRICT_DATA_ENV
+
+    set_verbose(args.verbose)   # the workers inherit it (FACEBENCH_VERBOSE)
+    before = os.environ.get(STRICT_DATA_ENV)
+    os.environ[STRICT_DATA_ENV] = "1" if args.strict else "0"   # the workers inherit it
+    try:
+        outcomes = run_suite(args.suite, only=args.only, shard=args.shard, force=args.force, results_root=args.results,
+                             overrides=parse_sets(args.set), in_process=args.in_process)
+    finally:
+        if before is None:
+            os.environ.pop(STRICT_DATA_ENV, None)
+        else:
+            os.environ[STRICT_DATA_ENV] = before
     return 1 if any(o.state in ("failed", "blocked") for o in outcomes) else 0
 
 
@@ -55,7 +60,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_inspect(args: argparse.Namespace) -> int:
     from datamodules.base import create_datamodule
 
-    dm = create_datamodule(args.dataset, root=args.root, **_parse_sets(args.set))
+    dm = create_datamodule(args.dataset, root=args.root, **parse_sets(args.set))
     dm.prepare_data()
     info = dm.describe(check_files=not args.no_file_checks)
     if args.json:
@@ -78,6 +83,12 @@ def cmd_list(args: argparse.Namespace) -> int:
             import pandas as pd
 
             print(pd.DataFrame(rows).to_string(index=False))
+    elif args.what == "weightings":
+        from lightning_modules.weighting import WEIGHTINGS
+
+        rows = [{"name": n, "kind": "gradient" if cls.gradient_based else "loss",
+                 "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())} for n, cls in WEIGHTINGS.items()]
+        print(json.dumps(rows, indent=1) if args.json else "\n".join(f"{r['name']:<12} {r['kind']:<9} {r['doc']}" for r in rows))
     elif args.what == "datasets":
         from datamodules.base import datamodule_names, get_datamodule_class
 
@@ -106,6 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", help="results root (default: results/)")
     r.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override suite keys, e.g. trainer.devices=2")
     r.add_argument("--in-process", action="store_true", help="run in this process (debugging)")
+    r.add_argument("--strict", action="store_true",
+                   help="refuse to run on data whose duplicate images span splits (see facebench inspect)")
+    r.add_argument("-v", "--verbose", action="store_true",
+                   help="also show Lightning's info lines, library warnings and W&B's messages")
     r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="rebuild leaderboards and tables from result records")
     rp.add_argument("results_dir", nargs="?", default="quick")
@@ -120,7 +135,7 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="datamodule arguments")
     i.set_defaults(func=cmd_inspect)
     ls = sub.add_parser("list", help="registered methods, datasets or suites")
-    ls.add_argument("what", choices=["methods", "datasets", "suites"])
+    ls.add_argument("what", choices=["methods", "datasets", "suites", "weightings"])
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
     return p
@@ -129,7 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "analyze":
-        from lightning_modules.registry import analysis_names, run_analysis
+        from benchmarks.analyses import analysis_names, run_analysis
 
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
             print("usage: facebench analyze NAME [ARGS...]\nanalyses: " + ", ".join(analysis_names()))
@@ -140,7 +155,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return predict_main(argv[1:])
     if argv and argv[0] == "synth":
-        from datamodules.synthetic import main as synth_main
+        from datamodules.synthfaces.cli import main as synth_main
 
         return synth_main(argv[1:])
     parser = build_parser()
@@ -149,7 +164,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001  (user-facing errors as one line)
         from benchmarks.suite import SuiteConfigError
-        from datamodules.base import DatasetFormatError
+        from datamodules.formats import DatasetFormatError
 
         if isinstance(exc, (SuiteConfigError, DatasetFormatError, FileNotFoundError, ValueError)):
             print(f"facebench: error: {exc}", file=sys.stderr)

@@ -1,22 +1,70 @@
-"""Loggers of a run: a CSV log always, Weights & Biases offline by default.
+"""Loggers of a run: a CSV log always, Weights & Biases offline by default; and how much the
+libraries print (:func:`configure_output`).
 
 W&B settings come from the suite's ``logging.wandb`` (``enabled``, ``mode``: offline | online,
 ``project`` (default: ``facebench-<suite>``), ``entity``, ``tags``). The group is
 ``<method>--<dataset>`` so seeds of one pair sit together. Offline mode never touches the network;
 ``online`` with no network falls back to offline after ``init_timeout`` seconds instead of failing.
+
+Output: by default a run shows what the user needs (progress, stage, figures, paths); Lightning's
+informational lines ("GPU available", tips, "Restoring states ..."), library warnings nobody can act
+on and W&B's own messages are shown only with ``facebench run --verbose``, which sets
+``FACEBENCH_VERBOSE=1`` for the worker processes.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from lightning.pytorch.loggers import CSVLogger, Logger
+if TYPE_CHECKING:
+    from lightning.pytorch.loggers import Logger
+
+#: Environment variable carrying ``--verbose`` to the worker processes.
+VERBOSE_ENV = "FACEBENCH_VERBOSE"
+#: Lightning's informational loggers (``rank_zero_info``: "GPU available", "TPU available", the
+#: litlogger tip, "Restoring states from the checkpoint", "`Trainer.fit` stopped", CUDA devices).
+LIGHTNING_INFO_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero",
+                          "lightning.pytorch.utilities", "lightning.pytorch.accelerators.cuda")
+#: Warnings from library code that a facebench user cannot act on: (message regex, category).
+QUIET_WARNINGS: tuple[tuple[str, type[Warning]], ...] = (
+    # Lightning's own _pytree uses torch's deprecated LeafSpec
+    (r"`isinstance\(treespec, LeafSpec\)` is deprecated", FutureWarning),
+    # closed-form methods (majority, dlib probe, the LNets+ANet classifiers) have nothing to optimise
+    (r"`LightningModule.configure_optimizers` returned `None`", UserWarning),
+    # the frozen layers of an earlier stage stay in eval mode by design (FaceAttributeTask.frozen_modules)
+    (r"Found \d+ module\(s\) in eval mode at the start of training", UserWarning),
+)
+
+
+def set_verbose(verbose: bool) -> None:
+    """Ask this process and the workers it starts for the libraries' full output."""
+    if verbose:
+        os.environ[VERBOSE_ENV] = "1"
+
+
+def is_verbose() -> bool:
+    return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+
+
+def configure_output(verbose: bool | None = None) -> None:
+    """Unless verbose (default: :func:`is_verbose`), keep Lightning's info lines, the warnings of
+    :data:`QUIET_WARNINGS` and W&B's messages out of the run's output."""
+    if is_verbose() if verbose is None else verbose:
+        return
+    for name in LIGHTNING_INFO_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+    for message, category in QUIET_WARNINGS:
+        warnings.filterwarnings("ignore", message=message, category=category)
+    os.environ.setdefault("WANDB_SILENT", "true")
 
 
 def build_loggers(cfg: dict[str, Any], run_dir: Path) -> list[Logger]:
+    from lightning.pytorch.loggers import CSVLogger
+
     loggers: list[Logger] = [CSVLogger(save_dir=str(run_dir), name="logs", version="")]
     wcfg = (cfg.get("logging") or {}).get("wandb") or {}
     if wcfg.get("enabled", False) and os.environ.get("FACEBENCH_WANDB", "1") != "0":
@@ -32,12 +80,19 @@ def _wandb_logger(cfg: dict[str, Any], run_dir: Path, wcfg: dict[str, Any]) -> L
     from lightning.pytorch.loggers import WandbLogger
 
     mode = wcfg.get("mode", "offline")
-    os.environ.setdefault("WANDB_SILENT", "true")
+    quiet = not is_verbose()
+    if quiet:
+        os.environ.setdefault("WANDB_SILENT", "true")
     os.environ.setdefault("WANDB_CONSOLE", "off")
     if mode == "offline":
         os.environ["WANDB_MODE"] = "offline"
 
     class FacebenchWandbLogger(WandbLogger):
+        def __init__(self, **kwargs: Any):
+            super().__init__(**kwargs)
+            # Lightning always passes ``anonymous`` (None), which W&B warns has no effect: leave it out
+            self._wandb_init.pop("anonymous", None)
+
         def log_run_records(self, directory: Path, summary: dict[str, Any] | None = None) -> None:
             """Per-target metric table, ROC figures and the test summary of the finished run; then
             close the W&B run so the offline run directory is complete."""
@@ -59,7 +114,7 @@ def _wandb_logger(cfg: dict[str, Any], run_dir: Path, wcfg: dict[str, Any]) -> L
         name=cfg["run_id"], group=f"{cfg['method_key']}--{cfg['dataset_key']}", id=_stable_id(cfg),
         tags=list(wcfg.get("tags") or []) + [cfg["method"]["name"], cfg["dataset"]["datamodule"], f"seed{cfg['seed']}"],
         config=cfg, save_dir=str(run_dir), mode=mode, resume="allow",
-        settings=wandb.Settings(init_timeout=float(wcfg.get("init_timeout", 60)), silent=True),
+        settings=wandb.Settings(init_timeout=float(wcfg.get("init_timeout", 60)), silent=quiet),
     )
 
 

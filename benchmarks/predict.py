@@ -61,7 +61,7 @@ def column_names(task) -> list[str]:
 
 
 def predict(run_dir: Path, images: Sequence[str], detect: bool = False, batch_size: int = 64) -> pd.DataFrame:
-    from datamodules.base import load_image
+    from datamodules.image_files import load_image
     from datamodules.transforms import FaceTransform, TransformConfig
 
     model, cfg = load_run_model(run_dir)

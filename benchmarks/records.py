@@ -10,7 +10,10 @@
   time, parameters, FLOPs per image, training images per second). Binary thresholds are tuned on
   the ``evaluation.tune_thresholds_on`` split (default ``val``) with
   :func:`~lightning_modules.metrics.tune_thresholds` and applied on every split (``*@tuned``
-  metrics, the thresholds as ``threshold@tuned``); rater agreement rows come from the votes.
+  metrics, the thresholds as ``threshold@tuned``); rater agreement rows come from the votes. The
+  data's doubts (``facebench inspect``'s counts, put in ``dm.report["checks"]`` by the worker:
+  skipped files, duplicate-image groups across splits, repeated / conflicting label rows, items
+  ``dedupe`` dropped) are columns ``data_<count>`` of every row, and so of the leaderboard.
 """
 
 from __future__ import annotations
@@ -134,7 +137,7 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
              "params": model.parameter_count(), "trainable_params": model.parameter_count(trainable_only=True),
              "flops_per_image": flops, "train_images_per_s": getattr(model, "train_images_per_s", math.nan), **timing,
              "thresholds_tuned_on": tune_on if tune_on in preds else "", "threshold_criterion": criterion,
-             **provenance(cfg)}
+             **provenance(cfg), **{f"data_{k}": v for k, v in (getattr(dm, "report", {}).get("checks") or {}).items()}}
     for k, v in extra.items():
         metrics[k] = v
     write_csv(run_dir / "metrics.csv", metrics)

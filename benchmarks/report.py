@@ -132,7 +132,7 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
     written += write_statistics(board, results_dir)
     if figures:
         written += write_report_figures(results_dir)
-    print_summary(board, results_dir)
     if written:
         print(f"[facebench] {len(written)} table / figure files in {results_dir / 'tables'} and {results_dir / 'figures'}")
+    print_summary(board, results_dir)   # last: the leaderboard summary and its path
     return board

@@ -39,7 +39,7 @@ SUITE_KEYS = {"name", "description", "results_dir", "seeds", "trainer", "early_s
               "methods", "matrix", "evaluation"}
 DATASET_KEYS = {"datamodule", "args", "description"}
 METHOD_KEYS = {"method", "args", "trainer", "datamodule_args", "init_from", "grid", "datasets", "description",
-               "early_stopping", "report"}
+               "early_stopping", "report", "reported"}
 MATRIX_KEYS = {"exclude"}
 LOGGING_KEYS = {"wandb", "csv"}
 WANDB_KEYS = {"enabled", "mode", "project", "entity", "tags", "log_model"}

@@ -26,6 +26,8 @@ STATUS = "status.json"
 #: (``auto``: on for file-backed splits of at least 1000 images that fit on disk; see
 #: :mod:`datamodules.cache`). Tests and library use keep the datamodule's own default (off).
 SUITE_DATAMODULE_DEFAULTS: dict[str, Any] = {"image_cache": "auto"}
+#: ``1``: refuse data whose duplicate images span splits (``facebench run --strict``; workers inherit it).
+STRICT_DATA_ENV = "FACEBENCH_STRICT_DATA"
 
 
 def set_status(run_dir: Path, state: str, **extra: Any) -> None:
@@ -78,6 +80,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
     import lightning as L
     import torch
 
+    from benchmarks.logging_setup import configure_output
     from benchmarks.records import write_records
     from datamodules.base import create_datamodule
     from lightning_modules.base import NonFiniteLossError
@@ -85,6 +88,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
 
     if cfg is None:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    configure_output()   # Lightning's info lines and library warnings only with --verbose (FACEBENCH_VERBOSE=1)
     rank_zero = _is_rank_zero()
     started = time.time()
     if rank_zero:
@@ -98,6 +102,11 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         if rank_zero or int(os.environ.get("LOCAL_RANK", "0")) == 0:
             dm.prepare_data()
         dm.setup("fit")
+        dm.report["checks"] = dm.data_checks()   # facebench inspect's counts of doubts, into the run records
+        if os.environ.get(STRICT_DATA_ENV) == "1":
+            from datamodules.describe import require_disjoint_splits
+
+            require_disjoint_splits(dm, cfg["dataset_key"])
         args = dict(cfg["method"]["args"])
         args.update(method_cls.datamodule_kwargs(dm, args))
         if cfg.get("init_from"):
@@ -154,7 +163,12 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001  (recorded, the suite goes on)
         if rank_zero:
             set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
-        traceback.print_exc()
+        from datamodules.formats import DatasetFormatError
+
+        if isinstance(exc, (DatasetFormatError, FileNotFoundError)):   # a data error: its one line (traceback in status.json)
+            print(f"[facebench] {cfg['run_id']}: {exc}", file=sys.stderr)
+        else:
+            traceback.print_exc()
         return 1
 
 

@@ -1,9 +1,14 @@
-"""Shared machinery of every facebench datamodule: the registry, the base ``Dataset`` returning
-sample dicts and the base ``LightningDataModule`` with its loaders.
+"""The base ``LightningDataModule`` of every facebench dataset (:class:`FaceDataModule`: setup,
+splits, file verification, loaders, the image cache, input configuration) and the registry that
+creates datamodules by name.
 
 A concrete dataset file (``celeba.py``, ``lfwa.py``, ...) parses its files into a
-:class:`SampleTable` per split and declares its :class:`~datamodules.core.tasks.TaskSpec`; everything
-else (image loading, transforms, landmarks, loaders, inspection) lives here.
+:class:`~datamodules.table.SampleTable` per split and declares its
+:class:`~datamodules.core.tasks.TaskSpec`; the rest lives in shared modules: the text readers and
+:class:`~datamodules.formats.DatasetFormatError` in :mod:`datamodules.formats`, image decoding and
+checks in :mod:`datamodules.image_files`, the sample dicts in :mod:`datamodules.dataset`
+(:class:`~datamodules.dataset.FaceDataset`), ``facebench inspect``'s figures in
+:mod:`datamodules.describe`.
 """
 
 from __future__ import annotations
@@ -11,23 +16,30 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Sequence
+from typing import Any, ClassVar, Sequence
 
 import lightning as L
 import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
+from datamodules import describe as describe_module
+from datamodules import duplicates
 from datamodules.core.config import check_options, constructor_options
 from datamodules.core.registry import Registry
-from datamodules.cache import StoredGeometry, StoredImages, box_to_stored, decode_image, plan_row, prescale, to_stored
+from datamodules.cache import StoredGeometry, StoredImages
+from datamodules.dataset import FaceDataset, crop_boxes
+from datamodules.formats import DatasetFormatError, unique_rows
+from datamodules.image_files import check_image_file
 from datamodules.sampling import EpochShardSampler
 from datamodules.splits import SplitConfig, assign_splits, split_indices, strata_of
-from datamodules.core.tasks import MISSING, TaskSpec
+from datamodules.core.tasks import TaskSpec
+from datamodules.table import SampleTable
 from datamodules.transforms import FaceTransform, TransformConfig
+from datamodules.wild import WildConfig, aligned_source, apply_wild
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: TransformConfig fields of a method's defaults that frame or normalise the image rather than augment it:
@@ -52,237 +64,6 @@ get_datamodule_class = DATAMODULES.get
 
 def create_datamodule(name: str, **kwargs: Any) -> "FaceDataModule":
     return get_datamodule_class(name)(**kwargs)
-
-
-class DatasetFormatError(ValueError):
-    """A data file does not have the expected format: names the file, the line and the expectation."""
-
-    def __init__(self, path: os.PathLike | str, line: int | None, message: str):
-        self.path, self.line = Path(path), line
-        where = f"{path}, line {line}" if line is not None else f"{path}"
-        super().__init__(f"{where}: {message}")
-
-
-# ------------------------------------------------------------------------------------------------
-# sample tables and datasets
-# ------------------------------------------------------------------------------------------------
-@dataclass
-class SampleTable:
-    """Everything known about the samples of one split, as aligned arrays.
-
-    ``labels`` follows the task's label layout (``-1`` = missing). ``votes`` maps a target name to a
-    ``[N, n_classes]`` rater-count array. ``boxes`` are (x, y, w, h) face boxes in source pixels.
-    ``arrays`` holds in-memory images (``uint8 [N, H, W, C]``) for datasets stored as pixels
-    (FER2013's CSV) instead of files.
-    """
-
-    paths: list[str]
-    labels: np.ndarray
-    identities: np.ndarray | None = None
-    landmarks: np.ndarray | None = None
-    boxes: np.ndarray | None = None
-    votes: dict[str, np.ndarray] = field(default_factory=dict)
-    soft_labels: dict[str, np.ndarray] = field(default_factory=dict)
-    arrays: np.ndarray | None = None
-    extra: dict[str, np.ndarray] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    def take(self, idx: Sequence[int] | np.ndarray) -> "SampleTable":
-        idx = np.asarray(idx, dtype=np.int64)
-        pick = lambda a: None if a is None else a[idx]  # noqa: E731
-        return SampleTable(
-            paths=[self.paths[i] for i in idx], labels=self.labels[idx], identities=pick(self.identities),
-            landmarks=pick(self.landmarks), boxes=pick(self.boxes),
-            votes={k: v[idx] for k, v in self.votes.items()}, soft_labels={k: v[idx] for k, v in self.soft_labels.items()},
-            arrays=pick(self.arrays), extra={k: v[idx] for k, v in self.extra.items()},
-        )
-
-    @staticmethod
-    def concat(tables: Sequence["SampleTable"]) -> "SampleTable":
-        """Rows of several tables (same fields present in each), in order."""
-        first = tables[0]
-
-        def cat(name: str) -> np.ndarray | None:
-            parts = [getattr(t, name) for t in tables]
-            if any(p is None for p in parts):
-                if not all(p is None for p in parts):
-                    raise ValueError(f"cannot concatenate tables: {name} is missing in some of them")
-                return None
-            return np.concatenate(parts)
-
-        return SampleTable(
-            paths=[p for t in tables for p in t.paths], labels=np.concatenate([t.labels for t in tables]),
-            identities=cat("identities"), landmarks=cat("landmarks"), boxes=cat("boxes"),
-            votes={k: np.concatenate([t.votes[k] for t in tables]) for k in first.votes},
-            soft_labels={k: np.concatenate([t.soft_labels[k] for t in tables]) for k in first.soft_labels},
-            arrays=cat("arrays"), extra={k: np.concatenate([t.extra[k] for t in tables]) for k in first.extra},
-        )
-
-
-def load_image(path: str | os.PathLike) -> np.ndarray:
-    """Decode an image file to uint8 HxWx3 (RGB) or HxWx1 (grayscale), with a clear error."""
-    try:
-        return decode_image(path)
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path}: image file is missing") from None
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise DatasetFormatError(path, None, f"cannot decode image ({exc.__class__.__name__}: {exc})") from None
-
-
-_JPEG_SOI, _PNG_SIGNATURE = b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n"
-
-
-def check_image_file(path: str | os.PathLike, full: bool = False) -> str | None:
-    """Why an image file is unusable (``None`` when it is fine).
-
-    The fast check (``full=False``, a few hundred bytes per file) parses the header with PIL and
-    looks for the end marker of JPEG (``FFD9``) and PNG (``IEND``) files, which a truncated download
-    lacks; a JPEG whose end marker is not near the end (trailing bytes after the image) is then
-    decoded to be sure. ``full=True`` decodes every image."""
-    try:
-        size = os.stat(path).st_size
-    except OSError:
-        return "file is missing"
-    if size == 0:
-        return "empty file"
-    with open(path, "rb") as f:
-        head = f.read(16)
-        f.seek(max(size - 64, 0))
-        tail = f.read(64)
-    decode = full
-    if head.startswith(_JPEG_SOI) and b"\xff\xd9" not in tail:
-        decode = True
-    if head.startswith(_PNG_SIGNATURE) and b"IEND" not in tail:
-        return "truncated PNG (no IEND chunk at the end)"
-    try:
-        with Image.open(path) as im:
-            if im.size[0] < 1 or im.size[1] < 1:
-                return f"image has size {im.size}"
-            if decode:
-                im.load()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        return f"cannot decode image ({exc.__class__.__name__}: {exc})"
-    return None
-
-
-def crop_boxes(table: SampleTable, crop: str, box_margin: float) -> np.ndarray | None:
-    """``[N, 4]`` (x, y, w, h) source region each sample's network input frames, or ``None`` (whole
-    images): the per-image alignment (``extra["align_box"]``) when there is one, else with
-    ``crop="box"`` the face box scaled by ``box_margin`` about its centre."""
-    if "align_box" in table.extra:
-        return np.asarray(table.extra["align_box"], dtype=np.float64)
-    if crop == "box" and table.boxes is not None:
-        b = np.asarray(table.boxes, dtype=np.float64)
-        x, y, w, h = b[:, 0], b[:, 1], b[:, 2], b[:, 3]
-        m = box_margin
-        return np.stack([x + w / 2 - w * m / 2, y + h / 2 - h * m / 2, w * m, h * m], axis=1)
-    return None
-
-
-class FaceDataset(Dataset):
-    """A split of a face dataset: returns ``{"image", "label", "identity", "index", ...}`` dicts.
-
-    ``crop`` chooses what the network sees: ``"image"`` the whole (aligned) image, ``"box"`` the
-    face box of each sample scaled by ``box_margin`` (in-the-wild images). A per-image alignment
-    (``table.extra["align_box"]`` / ``["align_angle"]``, see :mod:`datamodules.preprocess`) takes
-    precedence. ``normalizer`` maps the image tensor after the transform (global contrast
-    normalisation, training-mean subtraction). An image that fails to decode raises in ``strict``
-    mode; otherwise it is replaced by a blank image whose labels are all missing (``-1``, ignored by
-    losses and metrics) and a warning names the file.
-
-    Images go through two stages (:mod:`datamodules.cache`): stage 1 (:meth:`stage1`: decode and
-    pre-resize to the stored ``geometry``, or read it from the image cache ``stored``), then the
-    per-sample warp of ``transform``. ``output="stored"`` returns stage 1 only (``uint8`` image,
-    coordinates in stored pixels, ``stored_size``, ``crop_box``, ``angle``, ``epoch``) for
-    :class:`~datamodules.batch_augment.BatchAugment` to warp on the batch.
-    """
-
-    def __init__(self, table: SampleTable, root: Path, transform: FaceTransform, *, crop: str = "image",
-                 box_margin: float = 1.0, augment_seed: int = 0, landmarks: bool = True, strict: bool = False,
-                 normalizer: Callable[[torch.Tensor], torch.Tensor] | None = None,
-                 geometry: StoredGeometry | None = None, stored: StoredImages | None = None, output: str = "tensor"):
-        self.table, self.root, self.transform, self.landmarks = table, Path(root), transform, landmarks
-        self.crop, self.box_margin, self.augment_seed = crop, box_margin, augment_seed
-        self.strict, self.normalizer = strict, normalizer
-        cfg = transform.cfg
-        self.geometry = geometry or StoredGeometry.for_input(cfg.image_size, cfg.resize_to, cfg.channels)
-        if stored is not None and len(stored) != len(table):
-            raise ValueError(f"image cache {stored.pixels_path} has {len(stored)} images, the split {len(table)}")
-        if output not in ("tensor", "stored"):
-            raise ValueError(f"output must be 'tensor' or 'stored', got {output!r}")
-        self.stored, self.output = stored, output
-        self.crop_boxes = crop_boxes(table, crop, box_margin)
-
-    def __len__(self) -> int:
-        return len(self.table)
-
-    def read(self, i: int) -> np.ndarray:
-        """The decoded source image (``HxWxC`` uint8)."""
-        if self.table.arrays is not None:
-            return self.table.arrays[i]
-        return load_image(self.root / self.table.paths[i])
-
-    def stage1(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stage 1 of sample ``i`` (see :mod:`datamodules.cache`): the stored image and its plan row,
-        from the image cache when there is one, else decoded and pre-resized now (same pixels)."""
-        if self.stored is not None:
-            if not self.stored.usable(i):
-                raise DatasetFormatError(self.root / self.table.paths[i], None,
-                                         "could not be decoded when the image cache was built")
-            return self.stored.image(i), self.stored.plan[i]
-        image = self.read(i)
-        row = plan_row(image.shape[1], image.shape[0], None if self.crop_boxes is None else self.crop_boxes[i],
-                       self.geometry)
-        return prescale(image, row, self.geometry.channels), row
-
-    def __getitem__(self, key: int) -> dict[str, Any]:
-        """``key`` is a sample index, or ``epoch * len(self) + index`` from :class:`EpochShardSampler`:
-        training augmentation is drawn from (augment_seed, epoch, index) only."""
-        t = self.table
-        epoch, i = divmod(int(key), len(t))
-        try:
-            (image, row), usable = self.stage1(i), True
-        except (DatasetFormatError, FileNotFoundError) as exc:
-            if self.strict:
-                raise
-            warnings.warn(f"{exc}; using a blank image with all labels missing instead", stacklevel=2)
-            size = self.transform.cfg.image_size
-            image, usable = np.zeros((size, size, self.geometry.channels), dtype=np.uint8), False
-            row = np.array([0, 0, size, size, size, size])
-        box = t.boxes[i] if t.boxes is not None else None
-        crop_box = self.crop_boxes[i] if self.crop_boxes is not None and (usable or "align_box" not in t.extra) else None
-        angle = float(t.extra["align_angle"][i]) if "align_box" in t.extra and usable else 0.0
-        lm = t.landmarks[i] if t.landmarks is not None and self.landmarks else None
-        # landmarks and boxes follow the pixels into stage-1 coordinates
-        lm = to_stored(row, lm) if lm is not None else None
-        box = box_to_stored(row, box) if box is not None else None
-        crop_box = box_to_stored(row, crop_box) if crop_box is not None and np.isfinite(crop_box).all() else None
-        if self.output == "stored":   # stage 2 runs on the batch (datamodules.batch_augment)
-            sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
-                      "stored_size": torch.tensor([image.shape[1], image.shape[0]], dtype=torch.long),
-                      "crop_box": torch.tensor(crop_box if crop_box is not None else [float("nan")] * 4, dtype=torch.float64),
-                      "angle": torch.tensor(angle, dtype=torch.float64), "epoch": torch.tensor(epoch, dtype=torch.long)}
-            if lm is not None:
-                sample["landmarks"] = torch.from_numpy(lm.astype(np.float32))
-            if box is not None:
-                sample["box"] = torch.from_numpy(box.astype(np.float32))
-        else:
-            rng = np.random.default_rng([self.augment_seed, epoch, i]) if self.transform.train else None
-            sample = self.transform(image, landmarks=lm, box=box, rng=rng, crop_box=crop_box, angle=angle)
-            if self.normalizer is not None:
-                sample["image"] = self.normalizer(sample["image"])
-        labels = np.asarray(t.labels[i], dtype=np.int64)
-        sample["label"] = torch.from_numpy(labels if usable else np.full_like(labels, MISSING))
-        sample["index"] = torch.tensor(i, dtype=torch.long)
-        sample["identity"] = torch.tensor(int(t.identities[i]) if t.identities is not None else -1, dtype=torch.long)
-        if t.votes:
-            sample["votes"] = {k: torch.from_numpy(np.asarray(v[i], dtype=np.int64) * usable) for k, v in t.votes.items()}
-        if t.soft_labels:
-            sample["soft_label"] = {k: torch.from_numpy(np.asarray(v[i], dtype=np.float32) * usable)
-                                    for k, v in t.soft_labels.items()}
-        return sample
 
 
 # ------------------------------------------------------------------------------------------------
@@ -324,6 +105,17 @@ class FaceDataModule(L.LightningDataModule):
     * ``augment_on``: where the training warp and augmentation run: ``"worker"`` (DataLoader
       workers, OpenCV), ``"batch"`` (on the whole batch after it reached the device,
       :mod:`datamodules.batch_augment`) or ``"auto"`` (default: ``batch`` when training on CUDA).
+    * ``wild``: composite every image onto a cluttered canvas and record its face box
+      (:class:`~datamodules.wild.WildConfig` fields, see :mod:`datamodules.wild`).
+    * ``duplicate_rows``: an image listed on more than one row of a label table: ``"error"``
+      (default: a :class:`DatasetFormatError` naming the file, both lines and the values),
+      ``"first"`` (keep the first row) or ``"drop_conflicting"`` (drop an image whose rows
+      disagree, keep one of rows that agree); counted in ``report["repeated_rows"]``;
+    * ``dedupe``: ``{test: drop}`` (and / or ``val: drop``) drops the items of that split whose
+      image duplicates a training image (``report["dedupe"]``); ``near_duplicates``: also treat
+      images whose 64-bit difference hashes differ in at most this many bits as duplicates (derived
+      splits, ``dedupe``, the cross-split count; default: same bytes only). See
+      :mod:`datamodules.duplicates`.
     """
 
     registered_name: ClassVar[str] = ""
@@ -342,13 +134,15 @@ class FaceDataModule(L.LightningDataModule):
                  landmark_provider: str | dict[str, Any] | None = None, preprocess: dict[str, Any] | None = None,
                  cache_dir: str | os.PathLike | None = None,
                  image_cache: bool | str | dict[str, Any] = False, oversample: float = 1.25, crop_context: float = 2.0,
-                 augment_on: str = "auto"):
+                 augment_on: str = "auto", wild: bool | dict[str, Any] | None = None, duplicate_rows: str = "error",
+                 dedupe: dict[str, str] | None = None, near_duplicates: int | None = None):
         super().__init__()
         from datamodules.preprocess import PreprocessConfig
 
         if verify_images not in ("header", "full", "none"):
             raise ValueError(f"verify_images must be 'header', 'full' or 'none', got {verify_images!r}")
         self.split_cfg = SplitConfig.from_value(split, SplitConfig.from_value(dict(self.default_split)))
+        self.duplicate_rows, self.dedupe, self.near_duplicates = duplicates.check_options(duplicate_rows, dedupe, near_duplicates)
         self.verify_images, self.landmark_provider, self.cache_dir = verify_images, landmark_provider, cache_dir
         self.preprocess_cfg = PreprocessConfig.from_value(preprocess)
         self._pixel_stats: dict[tuple, Any] = {}
@@ -382,6 +176,7 @@ class FaceDataModule(L.LightningDataModule):
         self.tables: dict[str, SampleTable] = {}
         self._task: TaskSpec | None = None
         self.report: dict[str, Any] = {}
+        self.wild_cfg = WildConfig.from_value(wild)
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
@@ -397,7 +192,8 @@ class FaceDataModule(L.LightningDataModule):
         if self.tables:
             return
         self.report.setdefault("skipped", [])
-        task, tables = self.load_tables()
+        with aligned_source(self):
+            task, tables = self.load_tables()
         tables = self.apply_split(task, tables)
         if self.attributes:
             keep = self.attributes
@@ -411,6 +207,8 @@ class FaceDataModule(L.LightningDataModule):
                 tab.votes = {k: v for k, v in tab.votes.items() if k in keep}
                 tab.soft_labels = {k: v for k, v in tab.soft_labels.items() if k in keep}
             task = task.subset(keep)
+        if self.dedupe:
+            tables = duplicates.drop_duplicates(self, tables)
         if self.max_samples:
             for split, tab in list(tables.items()):
                 cap = self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
@@ -423,6 +221,7 @@ class FaceDataModule(L.LightningDataModule):
             from datamodules.landmarks import fill_landmarks
 
             fill_landmarks(self, self.landmark_provider)
+        apply_wild(self)
         if self.preprocess_cfg.geometric:
             from datamodules.preprocess import compute_alignment
 
@@ -467,8 +266,25 @@ class FaceDataModule(L.LightningDataModule):
         if cfg.by_identity and table.identities is not None:
             ids = np.asarray(table.identities, dtype=np.int64)
             groups = np.where(ids >= 0, ids, ids.max(initial=0) + 1 + np.arange(len(ids)))
+        if cfg.by_duplicates:   # duplicate images join their groups: components of "same identity or duplicate"
+            groups = duplicates.split_components(self, table, groups)
         seed = self.seed if cfg.seed is None else int(cfg.seed)
         return assign_splits(len(table), fractions, seed, strata=strata, groups=groups)
+
+    def unique_rows(self, path: os.PathLike | str, keys: Sequence[Any], values: Sequence[Any], lines: Sequence[Any], *,
+                    fields: Sequence[str] | None = None, what: str = "image", key_name: Any = None) -> tuple[np.ndarray, set]:
+        """Rows of a label table to keep under ``duplicate_rows`` and the keys dropped altogether
+        (:func:`datamodules.formats.unique_rows`); counted in ``report["repeated_rows"]``."""
+        keep, counts, dropped = unique_rows(path, keys, values, lines, self.duplicate_rows, fields=fields, what=what,
+                                            key_name=key_name)
+        if counts["repeated"]:
+            name = os.path.relpath(path, self.root) if self.root is not None else str(path)
+            name = "file names" if name == "." else name   # labels read from the file names (UTKFace)
+            self.report.setdefault("repeated_rows", {})[name] = {**counts, "policy": self.duplicate_rows}
+            warnings.warn(f"{self.registered_name}: {counts['repeated']} {what}(s) listed more than once in {path} "
+                          f"({counts['conflicting']} with conflicting rows; duplicate_rows: {self.duplicate_rows})",
+                          stacklevel=2)
+        return keep, dropped
 
     def skip(self, item: str, reason: str) -> None:
         """Record a skipped file or row (``strict``: raise instead)."""
@@ -669,99 +485,22 @@ class FaceDataModule(L.LightningDataModule):
             raise ValueError(f"{self.registered_name}: the {split} split has no identities")
         return sorted(int(i) for i in np.unique(ids) if i >= 0)
 
-    # -- description -------------------------------------------------------------------------------
+    # -- description (datamodules.describe) -------------------------------------------------------------
     def describe(self, check_files: bool = True) -> dict[str, Any]:
-        """What ``facebench inspect`` prints: samples per split, target prevalence, identities,
-        duplicate files (same bytes, across splits too) and files skipped at setup."""
-        self.setup()
-        task = self.task
-        out: dict[str, Any] = {"dataset": self.registered_name, "root": str(self.root), "task": task.to_dict(),
-                               "splits": {}, **self.report}
-        for split, tab in self.tables.items():
-            info: dict[str, Any] = {"samples": len(tab)}
-            if tab.identities is not None:
-                info["identities"] = int(len(np.unique(tab.identities)))
-            prev = {}
-            for t, s in zip(task.targets, task.label_slices):
-                y = tab.labels[:, s]
-                if t.kind in ("binary", "multilabel"):
-                    valid = y >= 0
-                    vals = (y == 1).sum(0) / np.maximum(valid.sum(0), 1)
-                    if t.kind == "binary":
-                        prev[t.name] = round(float(vals[0]), 4)
-                    else:
-                        prev[t.name] = {c: round(float(v), 4) for c, v in zip(t.classes, vals)}
-                else:
-                    y0 = y[:, 0]
-                    counts = np.bincount(y0[y0 >= 0], minlength=t.n_classes) / max((y0 >= 0).sum(), 1)
-                    prev[t.name] = {c: round(float(v), 4) for c, v in zip(t.classes, counts)}
-            info["prevalence"] = prev
-            out["splits"][split] = info
-        if self.tables:
-            first = next(iter(self.tables.values()))
-            if first.identities is not None and len(self.tables) > 1:
-                ids = {s: set(np.unique(t.identities).tolist()) for s, t in self.tables.items()}
-                names = list(ids)
-                out["identity_overlap"] = {f"{a}/{b}": len(ids[a] & ids[b]) for i, a in enumerate(names) for b in names[i + 1:]}
-        kappa = self.rater_agreement()
-        if kappa is not None:
-            out["kappa"] = kappa
-        if check_files:
-            out["duplicates"] = self.duplicate_files()
-        out.setdefault("skipped", [])
-        return out
+        """What ``facebench inspect`` prints (see :func:`datamodules.describe.describe`)."""
+        return describe_module.describe(self, check_files)
 
     def rater_agreement(self) -> dict[str, float] | None:
-        """Fleiss' kappa of the raters per target with votes (all splits together) and, when a
-        target has more than two vote columns, the category kappa of each column (``target/class``),
-        from :mod:`lightning_modules.agreement`. ``None`` when no target has votes."""
-        names = [t for t in self.task.targets if any(t.name in tab.votes for tab in self.tables.values())]
-        if not names:
-            return None
-        try:
-            from lightning_modules.agreement import category_kappas, fleiss_kappa
-        except ImportError:
-            self.report["kappa_unavailable"] = "lightning_modules.agreement is not available"
-            return None
-        out: dict[str, float] = {}
-        for t in names:
-            counts = np.concatenate([tab.votes[t.name] for tab in self.tables.values() if t.name in tab.votes])
-            if not len(counts) or counts.sum(1).max() < 2:
-                continue
-            out[t.name] = round(float(fleiss_kappa(counts)), 4)
-            if counts.shape[1] > 2:
-                for c, k in zip(t.vote_columns, category_kappas(counts)):
-                    if np.isfinite(k):
-                        out[f"{t.name}/{c}"] = round(float(k), 4)
-        return out
+        """Fleiss' kappa per voted target (see :func:`datamodules.describe.rater_agreement`)."""
+        return describe_module.rater_agreement(self)
+
+    def data_checks(self) -> dict[str, int]:
+        """``facebench inspect``'s counts of doubts about the data (see :func:`datamodules.describe.data_checks`)."""
+        return describe_module.data_checks(self)
 
     def duplicate_files(self) -> list[list[str]]:
-        """Groups of samples whose image files have the same bytes (e.g. one in train, one in test)."""
-        import hashlib
-
-        from datamodules.preprocess import FileCache, sha1_file
-
-        by_hash: dict[str, list[str]] = {}
-        root = (self.root or Path(".")).absolute()
-        with FileCache(self.cache_dir, "sha1") as cache:   # hashes cached by (path, size, mtime)
-            for split, tab in self.tables.items():
-                if tab.arrays is not None:
-                    for i in range(len(tab)):
-                        h = hashlib.sha1(np.ascontiguousarray(tab.arrays[i]).tobytes()).hexdigest()
-                        by_hash.setdefault(h, []).append(f"{split}:{tab.paths[i]}")
-                    continue
-                keys = [str(root / p) for p in tab.paths]
-                known = cache.get_many(keys, check_content=False)
-                for p, key in zip(tab.paths, keys):
-                    h = known.get(key)
-                    if h is None:
-                        try:
-                            h = sha1_file(key)
-                        except OSError:
-                            continue
-                        cache.put(key, h, with_content=False)
-                    by_hash.setdefault(h, []).append(f"{split}:{p}")
-        return [v for v in by_hash.values() if len(v) > 1]
+        """Groups of samples with identical image files (see :func:`datamodules.describe.duplicate_files`)."""
+        return describe_module.duplicate_files(self)
 
 
 def warn_or_raise(strict: bool, message: str) -> None:

@@ -9,8 +9,9 @@ Files read (all tolerate CRLF or LF line ends, runs of spaces and trailing space
 * optional ``list_landmarks_align_celeba.txt`` (5 points in the aligned images),
   ``list_bbox_celeba.txt`` + ``list_landmarks_celeba.txt`` with ``img_celeba/`` (in the wild).
 
-Every malformed line raises :class:`~datamodules.base.DatasetFormatError` naming the file, the
-line number and what was expected. Images go under ``img_align_celeba/`` (or ``img_celeba/`` in
+Every malformed line raises :class:`~datamodules.formats.DatasetFormatError` naming the file, the
+line number and what was expected. An image listed twice in any of these files follows the
+``duplicate_rows`` policy (:meth:`~datamodules.base.FaceDataModule.unique_rows`). Images go under ``img_align_celeba/`` (or ``img_celeba/`` in
 the wild variant).
 """
 
@@ -18,12 +19,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Sequence
 
 import numpy as np
 
-from datamodules.base import DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
+from datamodules.base import FaceDataModule, register_datamodule
 from datamodules.core.tasks import TaskSpec
+from datamodules.formats import DatasetFormatError, read_table_file
+from datamodules.table import SampleTable
 
 #: The 40 CelebA attributes in the order of ``list_attr_celeba.txt``.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (
@@ -39,77 +42,6 @@ PARTITION_SPLITS = {0: "train", 1: "val", 2: "test"}
 LANDMARK_COLUMNS = ("lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
                     "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y")
 BBOX_COLUMNS = ("image_id", "x_1", "y_1", "width", "height")
-
-
-def _lines(path: Path) -> list[str]:
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file is missing (expected CelebA's official layout)")
-    with open(path, "rb") as f:
-        raw = f.read()
-    try:
-        text = raw.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        line = raw[: exc.start].count(b"\n") + 1
-        raise DatasetFormatError(path, line, "is not UTF-8 / ASCII text") from None
-    return text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
-
-
-def read_table_file(path: str | os.PathLike, n_values: int | None, *, count_line: bool, header: Sequence[str] | None,
-                    parse: Callable[[str], Any] = int, what: str = "integers",
-                    dtype: Any = np.int64) -> tuple[list[str], list[str], np.ndarray]:
-    """Read a CelebA list file: optional count line, optional header line, then
-    ``<filename> v1 v2 ...`` rows. Returns (header names, filenames, values [N, n_values]).
-
-    ``header=None`` means no header line; an empty tuple means "read whatever names are there"
-    (the attribute file), in which case ``n_values`` is the number of names.
-    """
-    path = Path(path)
-    lines = _lines(path)
-    while lines and not lines[-1].strip():
-        lines.pop()
-    pos, expected_rows, names = 0, None, []
-    if count_line:
-        if not lines:
-            raise DatasetFormatError(path, 1, "expected the row count on line 1, the file is empty")
-        try:
-            expected_rows = int(lines[0].strip())
-        except ValueError:
-            raise DatasetFormatError(path, 1, f"expected the row count (an integer), got {lines[0].strip()[:60]!r}") from None
-        pos = 1
-    if header is not None:
-        if pos >= len(lines):
-            raise DatasetFormatError(path, pos + 1, "expected a header line, the file ends")
-        names = lines[pos].split()
-        if header:
-            got = [n for n in names if n != "image_id"] if "image_id" not in header else names
-            want = [n for n in header if n != "image_id"] if "image_id" not in names else list(header)
-            if got != list(want):
-                raise DatasetFormatError(path, pos + 1, f"expected header {' '.join(header)!r}, got {lines[pos].strip()[:200]!r}")
-            names = [n for n in names if n != "image_id"]
-        if n_values is None:
-            n_values = len(names)
-        pos += 1
-    assert n_values is not None
-    files: list[str] = []
-    values = np.empty((max(len(lines) - pos, 0), n_values), dtype=dtype)
-    n = 0
-    for lineno in range(pos, len(lines)):
-        parts = lines[lineno].split()
-        if not parts:
-            raise DatasetFormatError(path, lineno + 1, f"empty line; expected '<image> followed by {n_values} {what}'")
-        if len(parts) != n_values + 1:
-            raise DatasetFormatError(path, lineno + 1, f"expected an image name and {n_values} {what}, got {len(parts) - 1} "
-                                                       f"value(s): {lines[lineno].strip()[:120]!r}")
-        try:
-            values[n] = [parse(p) for p in parts[1:]]
-        except ValueError as exc:
-            raise DatasetFormatError(path, lineno + 1, f"expected {what}: {exc}") from None
-        files.append(parts[0])
-        n += 1
-    values = values[:n]
-    if expected_rows is not None and expected_rows != n:
-        raise DatasetFormatError(path, 1, f"the count line says {expected_rows} rows but the file has {n}")
-    return names, files, values
 
 
 def _plus_minus_one(token: str) -> int:
@@ -131,13 +63,9 @@ def parse_attributes(path: str | os.PathLike) -> tuple[list[str], list[str], np.
     return names, files, values
 
 
-def _by_file(path: Path, files: list[str], values: np.ndarray) -> dict[str, np.ndarray]:
-    out = {}
-    for f, v in zip(files, values):
-        if f in out:
-            raise DatasetFormatError(path, None, f"image {f!r} is listed twice")
-        out[f] = v
-    return out
+#: Line of the first data row of each list file (after the count and header lines).
+FIRST_ROW_LINE = {"list_attr_celeba.txt": 3, "list_eval_partition.txt": 1, "identity_CelebA.txt": 1,
+                  "list_landmarks_align_celeba.txt": 3, "list_landmarks_celeba.txt": 3, "list_bbox_celeba.txt": 3}
 
 
 @register_datamodule("celeba")
@@ -166,26 +94,36 @@ class CelebADataModule(FaceDataModule):
         root = self.root
         assert root is not None
         names, files, labels = parse_attributes(root / "list_attr_celeba.txt")
+        keep, dropped = self.unique_rows(root / "list_attr_celeba.txt", files, [tuple(v) for v in labels.tolist()],
+                                         list(range(FIRST_ROW_LINE["list_attr_celeba.txt"], 3 + len(files))), fields=names)
+        files, labels = [files[i] for i in keep], labels[keep]
         task = TaskSpec.binary_attributes(names, name=self.registered_name)
         _, pfiles, pvals = read_table_file(root / "list_eval_partition.txt", 1, count_line=False, header=None,
                                            what="partition number (0, 1 or 2)")
-        partition = _by_file(root / "list_eval_partition.txt", pfiles, pvals)
+        partition, drop = self._by_file(root / "list_eval_partition.txt", pfiles, pvals, ("partition",))
+        dropped |= drop
         identities = None
         if (root / "identity_CelebA.txt").is_file():
             _, ifiles, ivals = read_table_file(root / "identity_CelebA.txt", 1, count_line=False, header=None,
                                                what="identity number")
-            identities = _by_file(root / "identity_CelebA.txt", ifiles, ivals)
+            identities, drop = self._by_file(root / "identity_CelebA.txt", ifiles, ivals, ("identity",))
+            dropped |= drop
         lm_name = "list_landmarks_celeba.txt" if self.in_the_wild else "list_landmarks_align_celeba.txt"
         landmarks = None
         if (root / lm_name).is_file():
             _, lfiles, lvals = read_table_file(root / lm_name, 10, count_line=True, header=LANDMARK_COLUMNS,
                                                what="landmark coordinates")
-            landmarks = _by_file(root / lm_name, lfiles, lvals)
+            landmarks, drop = self._by_file(root / lm_name, lfiles, lvals, LANDMARK_COLUMNS)
+            dropped |= drop
         boxes = None
         if self.in_the_wild:
             _, bfiles, bvals = read_table_file(root / "list_bbox_celeba.txt", 4, count_line=True, header=BBOX_COLUMNS,
                                                what="box integers (x_1 y_1 width height)")
-            boxes = _by_file(root / "list_bbox_celeba.txt", bfiles, bvals)
+            boxes, drop = self._by_file(root / "list_bbox_celeba.txt", bfiles, bvals, BBOX_COLUMNS[1:])
+            dropped |= drop
+        if dropped:   # drop_conflicting: images whose rows disagree in any file
+            keep = [i for i, f in enumerate(files) if f not in dropped]
+            files, labels = [files[i] for i in keep], labels[keep]
         image_dir = root / self.image_dir
         if not image_dir.is_dir():
             raise FileNotFoundError(f"{image_dir}: image folder is missing (expected CelebA's official layout)")
@@ -216,6 +154,15 @@ class CelebADataModule(FaceDataModule):
                 boxes=np.stack([boxes[f].astype(np.float32) for f in sel]) if boxes and sel else None,
             )
         return task, tables
+
+    def _by_file(self, path: Path, files: list[str], values: np.ndarray,
+                 fields: Sequence[str]) -> tuple[dict[str, np.ndarray], set[str]]:
+        """Rows of a list file by image name, under the ``duplicate_rows`` policy, and the images
+        dropped altogether (``drop_conflicting``)."""
+        first = FIRST_ROW_LINE.get(path.name, 1)
+        keep, dropped = self.unique_rows(path, files, [tuple(v) for v in values.tolist()],
+                                         list(range(first, first + len(files))), fields=fields)
+        return {files[i]: values[i] for i in keep}, dropped
 
 
 @register_datamodule("celeba_wild")

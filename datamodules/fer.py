@@ -3,7 +3,9 @@
 ``fer2013``: Kaggle's original ``fer2013.csv`` with header ``emotion,pixels,Usage``: ``emotion``
 0-6 (anger, disgust, fear, happiness, sadness, surprise, neutral), ``pixels`` 2,304 space-separated
 grey values (48x48, row-major), ``Usage`` Training / PublicTest / PrivateTest -> train / val / test
-(the official split). Pixels are kept in memory (``SampleTable.arrays``).
+(the official split). Pixels are kept in memory (``SampleTable.arrays``). The rows have no image
+names: a row whose 2,304 pixels repeat an earlier row's is that image listed again, and follows the
+``duplicate_rows`` policy (its emotion and Usage are the compared values; FER2013 has such rows).
 
 ``ferplus``: Barsoum et al.'s FER+ re-labelling (10 crowd raters per image) from
 
@@ -27,17 +29,21 @@ Targets of ``ferplus``: ``emotion`` over the 8 emotions, with
   votes); all-zero when that scheme marks the image unknown;
 * ``votes["emotion"]`` = the raw 10 vote counts (``Target.vote_classes`` names the 10 columns) for
   rater-agreement metrics (Fleiss' kappa in ``facebench inspect``).
+
+An image name listed twice (in one ``label.csv``, or in ``fer2013new.csv``) follows the
+``duplicate_rows`` policy (compared values: box and votes, or Usage and votes).
 """
 
 from __future__ import annotations
 
-import csv
 import os
 from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
+from datamodules.base import FaceDataModule, register_datamodule
+from datamodules.formats import DatasetFormatError, header_columns, open_csv
+from datamodules.table import SampleTable
 from datamodules.core.tasks import MISSING, Target, TaskSpec
 
 FER2013_EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
@@ -49,32 +55,6 @@ FER_SIZE = 48
 LABEL_MODES = ("majority", "probability", "crossentropy", "multi_target")
 
 
-def open_csv(path: Path) -> tuple[list[list[str]], list[int]]:
-    """Rows of a CSV file (UTF-8, any line ends) and their 1-based line numbers."""
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file is missing")
-    rows, lines = [], []
-    with open(path, newline="", encoding="utf-8-sig") as f:
-        reader = csv.reader(f)
-        try:
-            for row in reader:
-                if row and any(c.strip() for c in row):
-                    rows.append(row)
-                    lines.append(reader.line_num)
-        except (csv.Error, UnicodeDecodeError) as exc:
-            raise DatasetFormatError(path, reader.line_num, f"not a readable CSV file ({exc})") from None
-    return rows, lines
-
-
-def header_columns(path: Path, header: list[str], required: tuple[str, ...], line: int = 1) -> dict[str, int]:
-    """Column index of each required name in a header row (clear error naming the missing ones)."""
-    names = [h.strip() for h in header]
-    missing = [r for r in required if r not in names]
-    if missing:
-        raise DatasetFormatError(path, line, f"expected column(s) {', '.join(missing)} in the header; got {','.join(names)[:200]!r}")
-    return {r: names.index(r) for r in required}
-
-
 def parse_pixels(text: str, path: Path, line: int) -> np.ndarray:
     values = np.array(text.split(), dtype=np.int64) if text.strip() else np.zeros(0, np.int64)
     if values.size != FER_SIZE * FER_SIZE:
@@ -84,8 +64,9 @@ def parse_pixels(text: str, path: Path, line: int) -> np.ndarray:
     return values.astype(np.uint8).reshape(FER_SIZE, FER_SIZE, 1)
 
 
-def read_fer2013_csv(path: Path, need_emotion: bool = True) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """``fer2013.csv`` -> (pixels uint8 [N, 48, 48, 1], emotion [N] (-1 without the column), usage [N])."""
+def read_fer2013_csv(path: Path, need_emotion: bool = True) -> tuple[np.ndarray, np.ndarray, list[str], list[int]]:
+    """``fer2013.csv`` -> (pixels uint8 [N, 48, 48, 1], emotion [N] (-1 without the column), usage [N],
+    line numbers [N])."""
     rows, lines = open_csv(path)
     if not rows:
         raise DatasetFormatError(path, 1, "empty file; expected the header 'emotion,pixels,Usage'")
@@ -107,7 +88,7 @@ def read_fer2013_csv(path: Path, need_emotion: bool = True) -> tuple[np.ndarray,
             raise DatasetFormatError(path, line, f"expected Usage Training, PublicTest or PrivateTest, got {u!r}")
         usage.append(u)
         pixels[k] = parse_pixels(row[cols["pixels"]], path, line)
-    return pixels, emotion, usage
+    return pixels, emotion, usage, lines[1:]
 
 
 def parse_votes(fields: list[str], path: Path, line: int) -> np.ndarray:
@@ -207,12 +188,14 @@ class FER2013DataModule(FaceDataModule):
     def load_tables(self) -> tuple[TaskSpec, dict[str, SampleTable]]:
         assert self.root is not None
         path = self.root / self.csv_file
-        pixels, emotion, usage = read_fer2013_csv(path)
+        pixels, emotion, usage, lines = read_fer2013_csv(path)
+        keep, _ = self.unique_rows(path, [p.tobytes() for p in pixels], list(zip(emotion.tolist(), usage)), lines,
+                                   fields=("emotion", "Usage"), key_name=lambda _: "an image (the same 48x48 pixels)")
         task = TaskSpec((Target("emotion", "multiclass", FER2013_EMOTIONS),), name=self.registered_name)
         usage_arr = np.array([FER2013_USAGE[u] for u in usage])
         tables = {}
         for split in ("train", "val", "test"):
-            idx = np.flatnonzero(usage_arr == split)
+            idx = keep[usage_arr[keep] == split]
             tables[split] = SampleTable(paths=[f"{self.csv_file}#{i}" for i in idx], labels=emotion[idx, None],
                                         arrays=pixels[idx])
         return task, tables
@@ -292,7 +275,9 @@ class FERPlusDataModule(FaceDataModule):
                 paths.append(f"{folder}/{name}")
                 boxes[k] = parse_box(row[1], path, line)
                 votes[k] = parse_votes(row[2:], path, line)
-            out[split] = (paths, votes, boxes, None)
+            keep, _ = self.unique_rows(path, paths, [(tuple(b), tuple(v)) for b, v in zip(boxes.tolist(), votes.tolist())],
+                                       lines, fields=("box", "votes"))
+            out[split] = ([paths[i] for i in keep], votes[keep], boxes[keep], None)
         return out
 
     def _read_csv(self) -> dict[str, tuple[list[str], np.ndarray, None, np.ndarray]]:
@@ -302,12 +287,13 @@ class FERPlusDataModule(FaceDataModule):
         if not rows:
             raise DatasetFormatError(new_path, 1, "empty file; expected the header 'Usage,Image name,neutral,...,NF'")
         cols = header_columns(new_path, rows[0], ("Usage", "Image name") + FERPLUS_VOTE_COLUMNS)
-        pixels, _, usage = read_fer2013_csv(old_path, need_emotion=False)
+        pixels, _, usage, _ = read_fer2013_csv(old_path, need_emotion=False)
         if len(rows) - 1 != len(pixels):
             raise DatasetFormatError(new_path, None, f"has {len(rows) - 1} rows but {old_path.name} has {len(pixels)}; "
                                                      f"the two files must list the same images in the same order")
         per_split: dict[str, tuple[list[str], list[np.ndarray], list[int]]] = {s: ([], [], []) for s in FERPLUS_FOLDERS}
         dropped = 0
+        named: list[tuple[str, str, np.ndarray, int, int]] = []   # (name, usage, votes, row, line)
         for k, (row, line) in enumerate(zip(rows[1:], lines[1:])):
             if len(row) != len(rows[0]):
                 raise DatasetFormatError(new_path, line, f"expected {len(rows[0])} fields like the header, got {len(row)}")
@@ -320,9 +306,13 @@ class FERPlusDataModule(FaceDataModule):
             if not name:
                 dropped += 1          # FER+ removed this image
                 continue
+            named.append((name, u, parse_votes([row[cols[c]] for c in FERPLUS_VOTE_COLUMNS], new_path, line), k, line))
+        keep, _ = self.unique_rows(new_path, [r[0] for r in named], [(r[1], tuple(r[2].tolist())) for r in named],
+                                   [r[4] for r in named], fields=("Usage", "votes"))
+        for name, u, v, k, _ in (named[i] for i in keep):
             paths, votes, index = per_split[FER2013_USAGE[u]]
             paths.append(f"{self.fer2013_csv}#{k}:{name}")
-            votes.append(parse_votes([row[cols[c]] for c in FERPLUS_VOTE_COLUMNS], new_path, line))
+            votes.append(v)
             index.append(k)
         self.report["ferplus_dropped_rows"] = dropped
         out = {}

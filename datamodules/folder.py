@@ -17,7 +17,14 @@ declared in the config::
 Cell values: a class name or a class index; binary also ``1``/``0``, ``1``/``-1``, ``true``/``false``,
 ``yes``/``no``; an empty cell is a missing label (``-1``). Without ``targets`` the file
 ``targets.yaml`` in ``root`` is read (SynthFaces writes one), else the kinds are inferred: 0/1-like
-columns are binary, other columns with at most 20 distinct values multi-class (sorted values).
+columns are binary, other columns with at most 20 distinct values multi-class (sorted values); the
+inferred targets are listed in one warning (so that an id column taken for a target is noticed).
+Any column name is a valid target name (``user.id`` too).
+
+Labels that differ only in case (``anger`` / ``ANGER``; surrounding spaces are always stripped) are an
+error naming the spellings when the classes are inferred; ``normalize_labels: true`` folds cells and
+declared classes to lower case. An image listed on two rows follows ``duplicate_rows`` (compared
+values: the parsed labels, identity and split).
 
 Split: the ``split`` column when present, else the derived split (``split: {...}``; identity-disjoint
 when there is an ``identity`` column, as the Flickr paper separates persons).
@@ -26,16 +33,17 @@ when there is an ``identity`` column, as the Flickr paper separates persons).
 from __future__ import annotations
 
 import os
+import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import yaml
 
-from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
-from datamodules.fer import header_columns, open_csv
+from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
 from datamodules.core.tasks import MISSING, TARGET_KINDS, Target, TaskSpec, age_bins
-from datamodules.utkface import age_bin
+from datamodules.formats import DatasetFormatError, age_bin, check_label_spellings, fold_label, header_columns, open_csv
+from datamodules.table import SampleTable
 
 TRUE_WORDS = {"1", "+1", "true", "yes", "y"}
 FALSE_WORDS = {"0", "-1", "false", "no", "n"}
@@ -50,8 +58,10 @@ def _sort_values(values: set[str]) -> list[str]:
         return sorted(values)
 
 
-def infer_targets(path: Path, header: list[str], rows: list[list[str]], reserved: set[str]) -> dict[str, dict[str, Any]]:
-    """Target declarations guessed from the columns' values (see the module docstring)."""
+def infer_targets(path: Path, header: list[str], rows: list[list[str]], reserved: set[str],
+                  normalize: bool = False) -> dict[str, dict[str, Any]]:
+    """Target declarations guessed from the columns' values (see the module docstring); labels
+    differing only in case are an error unless ``normalize`` folds them."""
     out = {}
     for j, name in enumerate(header):
         if name in reserved:
@@ -60,7 +70,12 @@ def infer_targets(path: Path, header: list[str], rows: list[list[str]], reserved
         low = {v.lower() for v in values}
         if low and (low <= TRUE_WORDS | FALSE_WORDS) and len(low) <= 2:
             out[name] = {"kind": "binary"}
-        elif 2 <= len(values) <= MAX_INFERRED_CLASSES:
+            continue
+        if normalize:
+            values = low
+        else:
+            check_label_spellings(path, f"column {name!r}", {r[j] for r in rows})
+        if 2 <= len(values) <= MAX_INFERRED_CLASSES:
             out[name] = {"kind": "multiclass", "classes": _sort_values(values)}
         else:
             raise DatasetFormatError(path, 1, f"column {name!r} has {len(values)} distinct values; declare its kind under "
@@ -68,7 +83,7 @@ def infer_targets(path: Path, header: list[str], rows: list[list[str]], reserved
     return out
 
 
-def build_target(name: str, cfg: dict[str, Any]) -> Target:
+def build_target(name: str, cfg: dict[str, Any], normalize: bool = False) -> Target:
     unknown = set(cfg) - TARGET_KEYS
     if unknown:
         raise ValueError(f"folder: targets.{name}: unknown key(s) {sorted(unknown)}; allowed: {', '.join(sorted(TARGET_KEYS))}")
@@ -86,12 +101,18 @@ def build_target(name: str, cfg: dict[str, Any]) -> Target:
             raise ValueError(f"folder: targets.{name} ({kind}) needs 'classes'" + (" or 'bin_edges'" if kind == "ordinal" else ""))
     if edges is not None and kind != "ordinal":
         raise ValueError(f"folder: targets.{name}: bin_edges are for ordinal targets")
-    return Target(name, kind, tuple(str(c) for c in classes), bin_edges=tuple(edges) if edges is not None else None)
+    classes = tuple(fold_label(str(c)) if normalize else str(c) for c in classes)
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"folder: targets.{name}: classes {list(classes)} repeat a name" + (" after folding case "
+                                                                                           "(normalize_labels)" if normalize else ""))
+    return Target(name, kind, classes, bin_edges=tuple(edges) if edges is not None else None)
 
 
-def parse_cell(target: Target, value: str, path: Path, line: int) -> list[int] | tuple[list[int], float]:
-    """Label slots of one cell (and the numeric value of a binned ordinal cell)."""
-    v = value.strip()
+def parse_cell(target: Target, value: str, path: Path, line: int,
+               normalize: bool = False) -> list[int] | tuple[list[int], float]:
+    """Label slots of one cell (and the numeric value of a binned ordinal cell); ``normalize``
+    folds the cell's case (the classes are folded already)."""
+    v = fold_label(value) if normalize else value.strip()
     if not v:
         return [MISSING] * target.n_label_slots
     classes = list(target.classes)
@@ -118,22 +139,37 @@ def parse_cell(target: Target, value: str, path: Path, line: int) -> list[int] |
     raise DatasetFormatError(path, line, f"{target.name}: expected one of {', '.join(classes)} (or a class index), got {v!r}")
 
 
+def row_values(task: TaskSpec, labels: np.ndarray, exact: dict[str, float]) -> tuple[str, ...]:
+    """One row's labels as class names per target (multi-label: ``a;b``; a binned age: the number;
+    missing: ``""``), to compare repeated rows and show how they differ."""
+    out = []
+    for t, sl in zip(task.targets, task.label_slices):
+        y = labels[sl]
+        if t.name in exact and np.isfinite(exact[t.name]):
+            out.append(f"{exact[t.name]:g}")
+        elif t.kind == "multilabel":
+            out.append("" if (y < 0).any() else ";".join(c for c, v in zip(t.classes, y) if v == 1))
+        else:
+            out.append(t.classes[int(y[0])] if y[0] >= 0 else "")
+    return tuple(out)
+
+
 @register_datamodule("folder")
 class FolderDataModule(FaceDataModule):
     """Image folder + labels CSV with declared target kinds (VV / Flickr private-set shape); optional identity and split columns."""
 
     def __init__(self, root: str | os.PathLike | None = None, *, csv_file: str = "labels.csv", path_column: str = "path",
                  identity_column: str = "identity", split_column: str = "split", image_dir: str = "",
-                 targets: dict[str, dict[str, Any]] | None = None, **kwargs):
+                 targets: dict[str, dict[str, Any]] | None = None, normalize_labels: bool = False, **kwargs):
         super().__init__(root, **kwargs)
         if self.root is None:
             raise ValueError("folder: 'root' is required (the folder holding labels.csv)")
         self.csv_file, self.path_column, self.image_dir = csv_file, path_column, image_dir
         self.identity_column, self.split_column = identity_column, split_column
-        self.target_cfg = targets
+        self.target_cfg, self.normalize_labels = targets, bool(normalize_labels)
         if targets is not None:
             for name, cfg in targets.items():
-                build_target(name, cfg or {})
+                build_target(name, cfg or {}, self.normalize_labels)
 
     def declared_targets(self, path: Path, header: list[str], rows: list[list[str]]) -> dict[str, dict[str, Any]]:
         assert self.root is not None
@@ -149,7 +185,14 @@ class FolderDataModule(FaceDataModule):
             if not isinstance(declared, dict) or not isinstance(declared.get("targets"), dict):
                 raise DatasetFormatError(sidecar, 1, "expected a mapping 'targets: {name: {kind: ..., classes: [...]}}'")
             return declared["targets"]
-        return infer_targets(path, header, rows, {self.path_column, self.identity_column, self.split_column})
+        inferred = infer_targets(path, header, rows, {self.path_column, self.identity_column, self.split_column},
+                                 self.normalize_labels)
+        shown = ", ".join(f"{n} ({c['kind']}" + (f", {len(c['classes'])} classes)" if "classes" in c else ")")
+                          for n, c in inferred.items())
+        warnings.warn(f"folder: no targets declared for {path}; taking {len(inferred)} column(s) as targets: {shown}. "
+                      f"Declare 'targets' (or a targets.yaml) to choose them, e.g. to leave out an id column",
+                      stacklevel=3)
+        return inferred
 
     def load_tables(self) -> tuple[TaskSpec, dict[str, SampleTable]]:
         assert self.root is not None
@@ -164,7 +207,7 @@ class FolderDataModule(FaceDataModule):
             if len(row) != len(header):
                 raise DatasetFormatError(path, line, f"expected {len(header)} fields like the header, got {len(row)}")
         declared = self.declared_targets(path, header, body)
-        targets = [build_target(name, cfg or {}) for name, cfg in declared.items()]
+        targets = [build_target(name, cfg or {}, self.normalize_labels) for name, cfg in declared.items()]
         columns = {}
         for t in targets:
             col = (declared[t.name] or {}).get("column", t.name)
@@ -183,7 +226,7 @@ class FolderDataModule(FaceDataModule):
                 raise DatasetFormatError(path, line, f"image {full} listed here does not exist")
             paths.append(str(full))
             for t, sl in zip(targets, task.label_slices):
-                parsed = parse_cell(t, row[columns[t.name]], path, line)
+                parsed = parse_cell(t, row[columns[t.name]], path, line, self.normalize_labels)
                 if isinstance(parsed, tuple):
                     parsed, extra[t.name][k] = parsed
                 labels[k, sl] = parsed
@@ -194,9 +237,16 @@ class FolderDataModule(FaceDataModule):
             code = {n: i for i, n in enumerate(names)}
             identities = np.array([code.get(i, -1) for i in ids], dtype=np.int64)
         table = SampleTable(paths=paths, labels=labels, identities=identities, extra=extra)
-        if self.split_column not in header:
+        split = np.array([r[header.index(self.split_column)].strip() for r in body]) if self.split_column in header else None
+        meta = [c for c in (self.identity_column, self.split_column) if c in header]
+        values = [row_values(task, labels[k], {n: e[k] for n, e in extra.items()})
+                  + tuple(r[header.index(c)].strip() for c in meta) for k, r in enumerate(body)]
+        keep, _ = self.unique_rows(path, paths, values, body_lines, fields=[*task.names, *meta])
+        if len(keep) < len(body):
+            table, split, body_lines = table.take(keep), (split[keep] if split is not None else None), \
+                [body_lines[i] for i in keep]
+        if split is None:
             return task, {UNSPLIT: table}
-        split = np.array([r[header.index(self.split_column)].strip() for r in body])
         bad = [(s, line) for s, line in zip(split, body_lines) if s not in ("train", "val", "test")]
         if bad:
             raise DatasetFormatError(path, bad[0][1], f"expected split train, val or test, got {bad[0][0]!r}")

@@ -41,6 +41,16 @@ def format_description(info: dict[str, Any]) -> str:
     dups = info.get("duplicates")
     if dups is not None:
         lines.append(f"duplicate images (same bytes): {len(dups)} group(s)" + "".join(f"\n  {' = '.join(g)}" for g in dups[:20]))
+    cross = info.get("cross_split_duplicates")
+    if cross is not None:
+        lines.append(f"duplicate images across splits: {len(cross)} group(s)" + "".join(f"\n  {' = '.join(g)}" for g in cross[:20]))
+    if info.get("split_duplicate_groups"):
+        lines.append(f"derived split: {info['split_duplicate_groups']} group(s) of duplicate images kept in one split")
+    for split, d in (info.get("dedupe") or {}).items():
+        lines.append(f"dedupe: {d['dropped']} {split} item(s) dropped (duplicates of training images)")
+    for file, r in (info.get("repeated_rows") or {}).items():
+        lines.append(f"repeated rows in {file}: {r['repeated']} image(s) listed more than once, {r['conflicting']} "
+                     f"with conflicting rows ({r['policy']}: {r['rows_dropped']} row(s) dropped)")
     skipped = info.get("skipped") or []
     lines.append(f"files skipped: {len(skipped)}" + "".join(f"\n  {s}" for s in skipped[:20]))
     return "\n".join(lines)

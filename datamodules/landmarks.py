@@ -90,7 +90,8 @@ def dlib68(image: np.ndarray, detector: str = "hog", upsample: int = 1) -> tuple
 
 
 def _dlib68_job(job: tuple[Any, str, int]) -> tuple[np.ndarray, bool] | None:
-    from datamodules.base import DatasetFormatError, load_image
+    from datamodules.formats import DatasetFormatError
+    from datamodules.image_files import load_image
 
     source, detector, upsample = job
     try:

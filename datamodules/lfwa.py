@@ -16,6 +16,8 @@ Files read (under ``root``):
   split). Without ``val`` the ``split.val_from_train`` fraction of the training identities becomes
   validation (the papers have no validation split).
 
+An image listed twice in either file follows the ``duplicate_rows`` policy.
+
 Without a split file the derived split is used (``split: {...}``; default 48% train+val / 52% test
 like the papers, not identity-disjoint unless ``by_identity: true``).
 """
@@ -28,10 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
+from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
 from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.fer import header_columns
 from datamodules.core.tasks import MISSING, TaskSpec
+from datamodules.formats import DatasetFormatError, header_columns, read_delimited
+from datamodules.table import SampleTable
 
 LFWA_ATTRIBUTES: tuple[str, ...] = CELEBA_ATTRIBUTES
 LFW_FILE = re.compile(r"^(?P<name>.+)_(?P<number>\d{4})\.jpg$")
@@ -44,28 +47,6 @@ def canonical_attribute(name: str) -> str | None:
         if a.lower() == key:
             return a
     return None
-
-
-def read_delimited(path: Path) -> tuple[list[list[str]], list[int]]:
-    """Rows of a comma- or whitespace-separated text file with their line numbers."""
-    from datamodules.fer import open_csv
-
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: file is missing")
-    with open(path, "rb") as f:
-        first = f.readline()
-    if b"," in first:
-        return open_csv(path)
-    rows, lines = [], []
-    try:
-        text = path.read_text(encoding="utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise DatasetFormatError(path, None, f"is not UTF-8 text ({exc})") from None
-    for k, line in enumerate(text.splitlines(), start=1):
-        if line.strip():
-            rows.append(line.split())
-            lines.append(k)
-    return rows, lines
 
 
 def lfw_relpath(image: str) -> str | None:
@@ -136,11 +117,9 @@ class LFWADataModule(FaceDataModule):
         assert self.root is not None
         label_path = self.root / self.labels_file
         names, files, labels, lines = parse_lfwa_labels(label_path)
-        seen: dict[str, int] = {}
+        keep, _ = self.unique_rows(label_path, files, [tuple(v) for v in labels.tolist()], lines, fields=names)
+        files, labels, lines = [files[i] for i in keep], labels[keep], [lines[i] for i in keep]
         for f, line in zip(files, lines):
-            if f in seen:
-                raise DatasetFormatError(label_path, line, f"image {f} is listed twice (first on line {seen[f]})")
-            seen[f] = line
             if not (self.root / self.image_dir / f).is_file():
                 raise DatasetFormatError(label_path, line, f"image {self.image_dir}/{f} listed here does not exist")
         people = sorted({f.split("/")[0] for f in files})
@@ -156,7 +135,7 @@ class LFWADataModule(FaceDataModule):
         if not rows:
             raise DatasetFormatError(split_path, 1, "empty file; expected the header 'image,split'")
         cols = header_columns(split_path, rows[0], ("image", "split"), slines[0])
-        split_of: dict[str, str] = {}
+        rels, codes_read = [], []
         for row, line in zip(rows[1:], slines[1:]):
             if len(row) != len(rows[0]):
                 raise DatasetFormatError(split_path, line, f"expected {len(rows[0])} fields like the header, got {len(row)}")
@@ -164,7 +143,13 @@ class LFWADataModule(FaceDataModule):
             code = SPLIT_CODES.get(row[cols["split"]].strip().lower())
             if rel is None or code is None:
                 raise DatasetFormatError(split_path, line, f"expected '<Name_0001.jpg>,<train|val|test>', got {','.join(row)!r}")
-            split_of[rel] = code
+            rels.append(rel)
+            codes_read.append(code)
+        keep, dropped = self.unique_rows(split_path, rels, codes_read, slines[1:])
+        split_of = {rels[i]: codes_read[i] for i in keep}
+        if dropped:   # drop_conflicting: images with two different splits
+            keep = [i for i, f in enumerate(files) if f not in dropped]
+            table, files, lines = table.take(keep), [files[i] for i in keep], [lines[i] for i in keep]
         missing = [(f, line) for f, line in zip(files, lines) if f not in split_of]
         if missing:
             raise DatasetFormatError(split_path, None, f"{len(missing)} image(s) of {self.labels_file} have no split, "

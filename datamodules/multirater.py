@@ -13,7 +13,13 @@ Files read (under ``root``):
 Targets: one per trait, with the classes declared in ``traits: {gender: {classes: [female, male]}, ...}``
 (order = class index; a trait with 2 classes is binary with the second class positive) or, when not
 declared, the sorted labels seen. Per image and trait: ``votes`` = rater counts per class, ``label`` =
-the majority class; a tie has no majority and the label is missing (``-1``).
+the majority class; a tie has no majority and the label is missing (``-1``). Labels of an undeclared
+trait that differ only in case (``male`` / ``Male``) are an error naming the spellings;
+``normalize_labels: true`` folds them (and the declared classes) to lower case.
+
+Repeated rows (the same image, rater and trait in the long format, the same image and rater in the
+wide one, an image listed twice in ``images.csv``) follow the ``duplicate_rows`` policy;
+``drop_conflicting`` drops the image with all its ratings.
 
 Rater filtering (sec. 2.1): raters "who disagreed with their peers on over a third of the labels for
 the objective traits" are dropped with all their ratings. A rating disagrees when the majority of the
@@ -36,8 +42,9 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
-from datamodules.fer import header_columns, open_csv
+from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
+from datamodules.formats import DatasetFormatError, check_label_spellings, fold_label, header_columns, open_csv
+from datamodules.table import SampleTable
 from datamodules.core.tasks import MISSING, Target, TaskSpec
 
 FAD_OBJECTIVE_TRAITS: tuple[str, ...] = ("gender", "ethnicity", "age", "makeup", "hair_color")
@@ -74,7 +81,7 @@ class MultiRaterDataModule(FaceDataModule):
     def __init__(self, root: str | os.PathLike | None = None, *, ratings_file: str = "ratings.csv",
                  metadata_file: str | None = "images.csv", image_dir: str = "", traits: dict[str, Any] | None = None,
                  objective_traits: list[str] | None = None, rater_filter: bool = True,
-                 max_disagreement: float = 1 / 3, **kwargs):
+                 max_disagreement: float = 1 / 3, normalize_labels: bool = False, **kwargs):
         super().__init__(root, **kwargs)
         if self.root is None:
             raise ValueError("multirater: 'root' is required (the folder holding ratings.csv)")
@@ -85,6 +92,11 @@ class MultiRaterDataModule(FaceDataModule):
                 raise ValueError(f"multirater: traits.{name} must be {{classes: [c1, c2, ...], kind: binary|multiclass}}, got {cfg!r}")
         self.objective_traits = list(objective_traits) if objective_traits is not None else None
         self.rater_filter, self.max_disagreement = rater_filter, float(max_disagreement)
+        self.normalize_labels = bool(normalize_labels)
+
+    def fold(self, label: str) -> str:
+        """A label as compared with the classes: stripped, and lower-cased with ``normalize_labels``."""
+        return fold_label(label) if self.normalize_labels else label.strip()
 
     # -- parsing -----------------------------------------------------------------------------------
     def read_ratings(self) -> tuple[list[str], list[str], list[str], list[tuple[str, str, str, str, int]]]:
@@ -105,15 +117,26 @@ class MultiRaterDataModule(FaceDataModule):
             if not trait_cols:
                 raise DatasetFormatError(path, lines[0], "expected trait columns after image,rater (wide format) or the "
                                                          "long header 'image,rater,trait,label'")
-        ratings, traits_seen = [], dict.fromkeys(trait_cols)
+        fold = self.fold
+        keys, values = [], []
         for row, line in zip(rows[1:], lines[1:]):
             if len(row) != len(header):
                 raise DatasetFormatError(path, line, f"expected {len(header)} fields like the header, got {len(row)}")
             image, rater = row[cols["image"]].strip(), row[cols["rater"]].strip()
             if not image or not rater:
                 raise DatasetFormatError(path, line, "expected an image path and a rater id")
-            pairs = [(row[cols["trait"]].strip(), row[cols["label"]].strip())] if long else \
-                [(t, row[j].strip()) for t, j in trait_cols.items()]
+            keys.append((image, rater, row[cols["trait"]].strip()) if long else (image, rater))
+            values.append((fold(row[cols["label"]]),) if long else tuple(fold(row[j]) for j in trait_cols.values()))
+        keep, dropped = self.unique_rows(path, keys, values, lines[1:], fields=("label",) if long else list(trait_cols),
+                                         what="rating", key_name=lambda k: f"the rating of {k[0]} by rater {k[1]}"
+                                         + (f" for trait {k[2]}" if len(k) > 2 else ""))
+        dropped_images = {k[0] for k in dropped}   # drop_conflicting: the image goes
+        ratings, traits_seen = [], dict.fromkeys(trait_cols)
+        for i in keep:
+            (image, rater, *_), line = keys[i], lines[1 + i]
+            if image in dropped_images:
+                continue
+            pairs = [(keys[i][2], values[i][0])] if long else list(zip(trait_cols, values[i]))
             for trait, label in pairs:
                 if not trait:
                     raise DatasetFormatError(path, line, "expected a trait name")
@@ -127,6 +150,9 @@ class MultiRaterDataModule(FaceDataModule):
         images = list(dict.fromkeys(r[0] for r in ratings))
         raters = list(dict.fromkeys(r[1] for r in ratings))
         traits = list(self.trait_cfg) or list(traits_seen)
+        for t in traits:
+            if t not in self.trait_cfg:
+                check_label_spellings(path, f"trait {t}", {r[3] for r in ratings if r[2] == t})
         return images, raters, traits, ratings
 
     def load_tables(self) -> tuple[TaskSpec, dict[str, SampleTable]]:
@@ -138,7 +164,7 @@ class MultiRaterDataModule(FaceDataModule):
         targets = []
         for t in traits:
             cfg = self.trait_cfg.get(t)
-            classes = tuple(str(c) for c in cfg["classes"]) if cfg else tuple(sorted({r[3] for r in ratings if r[2] == t}))
+            classes = tuple(self.fold(str(c)) for c in cfg["classes"]) if cfg else tuple(sorted({r[3] for r in ratings if r[2] == t}))
             if len(classes) < 2:
                 classes = classes + ("other",) if classes else ("no", "yes")
             kind = (cfg or {}).get("kind") or ("binary" if len(classes) == 2 else "multiclass")
@@ -146,15 +172,11 @@ class MultiRaterDataModule(FaceDataModule):
         task = TaskSpec(tuple(targets), name=self.registered_name)
         # ratings as arrays per trait
         per_trait: dict[str, tuple[list[int], list[int], list[int]]] = {t: ([], [], []) for t in traits}
-        seen: dict[tuple[int, int, str], int] = {}
         for image, rater, trait, label, line in ratings:
             target = task.target(trait)
             if label not in target.classes:
                 raise DatasetFormatError(path, line, f"label {label!r} of trait {trait} is not one of {', '.join(target.classes)}")
-            key = (image_idx[image], rater_idx[rater], trait)
-            if key in seen:
-                raise DatasetFormatError(path, line, f"rater {rater} rated {trait} of {image} twice (also on line {seen[key]})")
-            seen[key] = line
+            key = (image_idx[image], rater_idx[rater], trait)   # unique: repeated rows follow duplicate_rows
             ims, rs, ls = per_trait[trait]
             ims.append(key[0])
             rs.append(key[1])
@@ -177,9 +199,12 @@ class MultiRaterDataModule(FaceDataModule):
             if not (self.root / self.image_dir / im).is_file():
                 line = next(r[4] for r in ratings if r[0] == im)
                 raise DatasetFormatError(path, line, f"image {Path(self.image_dir) / im} listed here does not exist")
-        identities, split = self.read_metadata(images)
+        identities, split, dropped = self.read_metadata(images)
         table = SampleTable(paths=[str(Path(self.image_dir) / im) if self.image_dir else im for im in images],
                             labels=np.stack(labels, axis=1), identities=identities, votes=votes)
+        if dropped:   # drop_conflicting: images listed twice in images.csv with different identity / split
+            keep = np.array([i for i, im in enumerate(images) if im not in dropped], dtype=np.int64)
+            table, split = table.take(keep), (split[keep] if split is not None else None)
         if split is None:
             return task, {UNSPLIT: table}
         return task, {s: table.take(np.flatnonzero(split == s)) for s in ("train", "val", "test") if (split == s).any()}
@@ -207,11 +232,12 @@ class MultiRaterDataModule(FaceDataModule):
                                              "mean_rate": round(float(rate[compared > 0].mean()), 4) if (compared > 0).any() else None}
         return np.flatnonzero(rate > self.max_disagreement)
 
-    def read_metadata(self, images: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """Identities and official split per image from ``images.csv`` (each optional)."""
+    def read_metadata(self, images: list[str]) -> tuple[np.ndarray | None, np.ndarray | None, set[str]]:
+        """Identities and official split per image from ``images.csv`` (each optional), and the
+        images dropped for conflicting rows (``duplicate_rows: drop_conflicting``)."""
         assert self.root is not None
         if not self.metadata_file or not (self.root / self.metadata_file).is_file():
-            return None, None
+            return None, None, set()
         path = self.root / self.metadata_file
         rows, lines = open_csv(path)
         if not rows:
@@ -220,21 +246,26 @@ class MultiRaterDataModule(FaceDataModule):
         header_columns(path, header, ("image",), lines[0])
         if "identity" not in header and "split" not in header:
             raise DatasetFormatError(path, lines[0], "expected an 'identity' and / or a 'split' column")
-        info: dict[str, dict[str, str]] = {}
+        recs = []
         for row, line in zip(rows[1:], lines[1:]):
             if len(row) != len(header):
                 raise DatasetFormatError(path, line, f"expected {len(header)} fields like the header, got {len(row)}")
             rec = {h: v.strip() for h, v in zip(header, row)}
             if "split" in rec and rec["split"] not in ("train", "val", "test"):
                 raise DatasetFormatError(path, line, f"expected split train, val or test, got {rec['split']!r}")
-            info[rec["image"]] = rec
-        missing = [im for im in images if im not in info]
+            recs.append(rec)
+        others = [h for h in header if h != "image"]
+        keep, dropped = self.unique_rows(path, [r["image"] for r in recs], [tuple(r[h] for h in others) for r in recs],
+                                         lines[1:], fields=others)
+        info = {recs[i]["image"]: recs[i] for i in keep}
+        missing = [im for im in images if im not in info and im not in dropped]
         if missing:
             raise DatasetFormatError(path, None, f"{len(missing)} rated image(s) are not listed, e.g. {missing[0]}")
+        info.update({im: {h: "" for h in header} for im in dropped})   # placeholders: the caller drops them
         identities = None
         if "identity" in header:
             names = sorted({info[im]["identity"] for im in images})
             code = {n: i for i, n in enumerate(names)}
             identities = np.array([code[info[im]["identity"]] for im in images], dtype=np.int64)
         split = np.array([info[im]["split"] for im in images]) if "split" in header else None
-        return identities, split
+        return identities, split, set(dropped) & set(images)

@@ -363,7 +363,7 @@ def table_keys(table: Any, root: Path) -> list[str]:
 
 
 def table_image(table: Any, keys: list[str], i: int) -> np.ndarray:
-    from datamodules.base import load_image
+    from datamodules.image_files import load_image
 
     return table.arrays[i] if table.arrays is not None else load_image(keys[i])
 
@@ -373,7 +373,7 @@ def compute_alignment(dm: Any) -> None:
     :class:`PreprocessConfig` (face detection and eye positions are cached per image)."""
     from PIL import Image
 
-    from datamodules.base import DatasetFormatError
+    from datamodules.formats import DatasetFormatError
 
     cfg: PreprocessConfig = dm.preprocess_cfg
     root = (dm.root or Path(".")).absolute()

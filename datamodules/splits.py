@@ -12,7 +12,12 @@ folders, LFWA's split file). Everything else is split here, from the datamodule 
   a list of names (their joint label combination is the stratum) or ``all``;
 * ``val_from_train``: when the official split has no validation part (LFWA: 6,263 train / 6,880
   test), this fraction of the training split becomes ``val`` (same identity / strata rules);
-* ``override_official``: re-split the union of the official splits with ``fractions``.
+* ``override_official``: re-split the union of the official splits with ``fractions``;
+* ``by_duplicates`` (default on): every group of duplicate images (the same bytes under several
+  names, or near-duplicates with the datamodule's ``near_duplicates``, see
+  :mod:`datamodules.duplicates`) goes to one split, like an identity: whole connected components of
+  "same identity or duplicate image" are assigned. A dataset without duplicates is split exactly as
+  without this option.
 
 The same seed gives the same split on every machine: only ``numpy.random.Generator`` seeded with an
 explicit integer sequence is used (no Python ``hash()``, no global RNG state).
@@ -42,6 +47,7 @@ class SplitConfig:
     seed: int | None = None
     val_from_train: float = 0.1
     override_official: bool = False
+    by_duplicates: bool = True
 
     @classmethod
     def from_value(cls, value: "SplitConfig | dict[str, Any] | None", defaults: "SplitConfig | None" = None) -> "SplitConfig":

@@ -22,7 +22,10 @@ ordinal targets with ``bin_edges`` (lower edges in years, the last bin open-ende
 is the stratified derived one (``split: {stratify: ...}``, default on ``age8`` and ``gender``).
 
 Malformed names (the release has a few, e.g. a missing race field) are skipped, counted and listed in
-``dm.report["skipped"]`` with a warning; ``strict: true`` raises instead.
+``dm.report["skipped"]`` with a warning; ``strict: true`` raises instead. The labels are the file
+name, so the same name in two folders (e.g. ``UTKFace/`` and ``crop_part1/`` both extracted under
+``root``) is one image listed twice, with agreeing labels: it follows the ``duplicate_rows`` policy
+(``error`` names both files; ``first`` and ``drop_conflicting`` keep the first in sorted order).
 """
 
 from __future__ import annotations
@@ -35,9 +38,11 @@ from typing import Sequence
 
 import numpy as np
 
-from datamodules.base import UNSPLIT, DatasetFormatError, FaceDataModule, SampleTable, register_datamodule
+from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
 from datamodules.core.tasks import Target, TaskSpec
 from datamodules.core.tasks import age_bins as age_bin_names
+from datamodules.formats import DatasetFormatError, age_bin
+from datamodules.table import SampleTable
 
 UTK_RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")
 UTK_GENDERS: tuple[str, ...] = ("male", "female")
@@ -48,12 +53,6 @@ AGE_BINS: dict[str, tuple[float, ...]] = {
 }
 MAX_AGE = 116
 UTK_NAME = re.compile(r"^(?P<age>\d{1,3})_(?P<gender>\d)_(?P<race>\d)_(?P<datetime>\d{8,17})\.jpg\.chip\.jpg$")
-
-
-def age_bin(ages: np.ndarray, edges: Sequence[float]) -> np.ndarray:
-    """Ordinal bin index of each age for lower ``edges`` (ages below the first edge -> bin 0)."""
-    return np.clip(np.searchsorted(np.asarray(edges, dtype=float), np.asarray(ages, dtype=float), side="right") - 1,
-                   0, len(edges) - 1).astype(np.int64)
 
 
 def parse_utk_name(name: str) -> tuple[int, int, int] | str:
@@ -108,6 +107,8 @@ class UTKFaceDataModule(FaceDataModule):
                 continue
             paths.append(f)
             rows.append(parsed)
+        keep, _ = self.unique_rows(self.root, [Path(f).name for f in paths], rows, paths, fields=("age", "gender", "race"))
+        paths, rows = [paths[i] for i in keep], [rows[i] for i in keep]
         if malformed:
             warnings.warn(f"utkface: skipped {malformed} file(s) with malformed names (see dm.report['skipped'])", stacklevel=2)
         self.report["malformed_names"] = malformed

@@ -5,8 +5,10 @@ A method subclasses :class:`FaceAttributeTask` and fills three hooks (torchgeo s
 cross-entropy per target, :func:`~lightning_modules.losses.target_losses`) and, rarely,
 ``configure_metrics``. Per-target losses are combined by ``combine_losses`` (equal weights; a sum
 for methods made of independent networks, which also select each network's own best epoch:
-:mod:`lightning_modules.selection`). Training, validation, the gathering of test
-predictions under DDP, optimisers and schedulers from config, parameter and FLOP counts are here.
+:mod:`lightning_modules.selection`), or, when a suite sets ``mtl``, by a multi-task weighting
+(:mod:`lightning_modules.weighting`; gradient methods read the ``shared_parameters`` hook).
+Training, validation, the gathering of test predictions under DDP, optimisers and schedulers from
+config, parameter and FLOP counts are here.
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ from datamodules.core.tasks import TaskSpec
 from lightning_modules.losses import TargetLossMean, target_losses
 from lightning_modules.metrics import COLUMNS, TaskMetrics, summarize
 from lightning_modules.selection import NetworkSelection
+from lightning_modules.weighting.base import StepContext
+from lightning_modules.weighting.objective import MultiTaskObjective, build_multitask, default_task_groups
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,6 +66,10 @@ class FaceAttributeTask(L.LightningModule):
         torch_compile: compile ``forward`` with ``torch.compile`` at setup (``true`` or a mapping of
             its keyword arguments, e.g. ``{mode: max-autotune}``); off by default (each run then
             spends a minute compiling, which pays off on GPU runs of more than a few epochs).
+        mtl: multi-task weighting of the training loss, ``{weighting: NAME, tasks: targets | groups |
+            {task: [target, ...]}, **options}`` (:mod:`lightning_modules.weighting.objective`); ``None``
+            (default): the mean of the target losses, nothing else is built or logged. Validation
+            always reports the unweighted ``val/loss``.
     """
 
     method_name: ClassVar[str] = ""
@@ -79,7 +87,8 @@ class FaceAttributeTask(L.LightningModule):
 
     def __init__(self, task: TaskSpec | dict, *, optimizer: dict | None = None, scheduler: dict | None = None,
                  input_size: int | None = None, in_chans: int | None = None, init_checkpoint: str | None = None,
-                 soft_targets: bool = False, channels_last: bool | None = None, torch_compile: bool | dict = False):
+                 soft_targets: bool = False, channels_last: bool | None = None, torch_compile: bool | dict = False,
+                 mtl: dict | None = None):
         super().__init__()
         self.task = TaskSpec.from_dict(task) if isinstance(task, dict) else task
         self.save_hyperparameters(ignore=["task"])   # every constructor argument of the whole class chain
@@ -103,6 +112,7 @@ class FaceAttributeTask(L.LightningModule):
         self.network_selection = NetworkSelection(len(networks), self.monitor[1]) if networks else None
         if networks and self.monitor[0] == "val/loss":
             self.val_target_loss = TargetLossMean(len(self.task.targets))
+        self.multitask: MultiTaskObjective | None = None if mtl is None else self.build_multitask(mtl)
         if init_checkpoint:
             self.load_init_checkpoint(init_checkpoint)
 
@@ -162,6 +172,29 @@ class FaceAttributeTask(L.LightningModule):
         selected on its own validation score (:mod:`lightning_modules.selection`)."""
         return []
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The parameters every task shares (e.g. MCNN's Conv1/Conv2, a backbone's trunk), which
+        multi-task gradient methods combine the per-task gradients on; default none (gradient
+        methods then refuse the method, naming it)."""
+        return []
+
+    def task_groups(self) -> dict[str, list[str]]:
+        """``{group: [target names]}`` for ``mtl: {tasks: groups}``; default each ``Target.group``."""
+        return default_task_groups(self.task)
+
+    def build_multitask(self, mtl: dict) -> MultiTaskObjective:
+        """The ``mtl`` objective; only for methods whose training loss is the base's combination of
+        per-target losses, with parameters shared between targets."""
+        own = [n for n in ("compute_loss", "combine_losses", "training_loss", "training_step")
+               if getattr(type(self), n) is not getattr(FaceAttributeTask, n)]
+        if own:
+            raise ValueError(f"method {self.method_name!r} computes its own training loss ({', '.join(own)}): "
+                             f"mtl weightings apply to the base task's per-target losses only")
+        if self.sums_target_losses:
+            raise ValueError(f"method {self.method_name!r} trains independent networks (nothing is shared between "
+                             f"targets): mtl weightings do not apply")
+        return build_multitask(mtl, self.task, self.method_name, self.task_groups, self.shared_parameters)
+
     @property
     def sums_target_losses(self) -> bool:
         """True when the targets are learnt by separate networks (or separate paths of one module):
@@ -205,8 +238,18 @@ class FaceAttributeTask(L.LightningModule):
     # -- steps ---------------------------------------------------------------------------------------
     def training_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """The loss to minimise on a training batch, and its named parts to log as ``train/<name>``
-        (epoch means); methods with several loss terms override this, not :meth:`training_step`."""
-        return self.compute_loss(self.logits(batch), batch), {}
+        (epoch means); methods with several loss terms override this, not :meth:`training_step`.
+        With ``mtl`` the multi-task objective weighs the per-target losses (its parts:
+        ``mtl_mean_loss``, the unweighted mean, and ``mtl_weight/<task>``)."""
+        if self.multitask is None:
+            return self.compute_loss(self.logits(batch), batch), {}
+        ctx = StepContext(epoch=self.current_epoch, shared=self.shared_parameters)
+        return self.multitask(self.target_losses(self.logits(batch), batch), ctx)
+
+    def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
+        """FAMO-style weightings see the batch's task losses after the optimiser step."""
+        if self.multitask is not None and self.multitask.wants_losses_after_step:
+            self.multitask.after_step(self, batch)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         loss, parts = self.training_loss(batch)

@@ -120,6 +120,11 @@ class TimmBaseline(FaceAttributeTask):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.net(image)
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """The trunk: every parameter but the classifier head's (multi-task gradient methods)."""
+        head = {id(p) for p in self.net.get_classifier().parameters()}
+        return [p for p in self.net.parameters() if id(p) not in head]
+
 
 def create_timm_model(name: str, *, pretrained: bool = False, pretrained_file: str | None = None,
                       img_size: int | None = None, **kwargs: Any) -> nn.Module:

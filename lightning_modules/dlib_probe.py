@@ -124,7 +124,8 @@ def face_descriptor(image: np.ndarray, cfg: DescriptorConfig = DescriptorConfig(
 
 
 def _descriptor_job(job: tuple[Any, DescriptorConfig]) -> tuple[np.ndarray, bool] | None:
-    from datamodules.base import DatasetFormatError, load_image
+    from datamodules.formats import DatasetFormatError
+    from datamodules.image_files import load_image
 
     source, cfg = job
     try:

@@ -29,9 +29,10 @@ What the paper does, and where it is here:
   names none).
 * **Split** (s4): the paper's 80/20 train/test split stratified on every trait applies to datasets
   without an official split; it comes from the shared ``datamodules/splits.py``, not from here.
-* **Figure 5** (first-layer responses): ``facebench analyze lacnn-first-layer``
-  (:func:`first_layer_analysis`). ``facebench analyze lacnn-compare`` prints, per trait, the
-  baseline's and LACNN's accuracy and which won (:func:`compare_traits`).
+* **Figure 5** (first-layer responses): ``facebench analyze lacnn-first-layer``;
+  ``facebench analyze lacnn-compare`` prints, per trait, the baseline's and LACNN's accuracy and
+  which won (Table 3). Both are in :mod:`benchmarks.analyses.lacnn`; the networks expose what
+  they read (:meth:`CaffeAlexNet.conv1_responses`, :meth:`LACNNBaseline.network_for`).
 
 Choices the paper leaves open (it defers to Krizhevsky et al. 2012 and Caffe) are documented where
 they are made: Caffe's ``bvlc_alexnet`` layer parameters and its solver's SGD settings (learning
@@ -51,19 +52,14 @@ on SynthFaces (64 px, 1,600 training images, 3 epochs, 2 traits) the Caffe init 
 
 from __future__ import annotations
 
-import argparse
-import math
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
 from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.base import FaceAttributeTask
-from lightning_modules.registry import register_analysis, register_method
+from lightning_modules.registry import register_method
 
 #: Caffe ``bvlc_alexnet`` local response normalisation (across 5 channels; Caffe's k = 1).
 CAFFE_LRN: dict[str, float] = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
@@ -347,188 +343,3 @@ class LACNN(LACNNBaseline):
                              "argument landmark_provider: dlib68")
         channel = landmark_channel(landmarks, image.shape[-2], image.shape[-1], self.landmark_encoding)
         return torch.cat([image, channel.to(image)], dim=1) * self.input_scale
-
-
-# ------------------------------------------------------------------------------------------------
-# analyses
-# ------------------------------------------------------------------------------------------------
-def load_lacnn_checkpoint(path: str | Path) -> LACNNBaseline:
-    """An ``lacnn`` / ``lacnn_baseline`` model from a Lightning checkpoint of a run (eval mode). The
-    class follows the hyper-parameters: only ``lacnn`` has ``landmark_encoding``."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "hyper_parameters" not in ckpt or "state_dict" not in ckpt:
-        raise ValueError(f"{path}: not a Lightning checkpoint of an lacnn / lacnn_baseline run")
-    hp = dict(ckpt["hyper_parameters"])
-    cls = LACNN if "landmark_encoding" in hp else LACNNBaseline
-    hp.pop("init_checkpoint", None)
-    model = cls(**hp)
-    model.load_state_dict(ckpt["state_dict"])
-    return model.eval()
-
-
-def _image_landmarks(image_path: Path, landmarks_file: Path | None) -> np.ndarray | None:
-    """The image's row of a CelebA-format landmark list (``list_landmarks_align_celeba.txt``); by
-    default the one beside the image's folder, when it exists."""
-    from datamodules.celeba import LANDMARK_COLUMNS, read_table_file
-
-    if landmarks_file is None:
-        guess = image_path.resolve().parent.parent / "list_landmarks_align_celeba.txt"
-        if not guess.is_file():
-            return None
-        landmarks_file = guess
-    _, files, values = read_table_file(landmarks_file, len(LANDMARK_COLUMNS), count_line=True, header=LANDMARK_COLUMNS,
-                                       what="landmark coordinates")
-    if image_path.name not in files:
-        raise ValueError(f"{landmarks_file}: no landmarks for {image_path.name}")
-    return values[files.index(image_path.name)].reshape(-1, 2).astype(np.float32)
-
-
-def _tile(maps: np.ndarray, columns: int = 10, pad: int = 1) -> np.ndarray:
-    """``[N, h, w]`` or ``[N, h, w, 3]`` maps, each already in [0, 1], on a grid with white gaps."""
-    n, h, w = maps.shape[:3]
-    rows = math.ceil(n / columns)
-    shape = (rows * (h + pad) + pad, columns * (w + pad) + pad) + maps.shape[3:]
-    grid = np.ones(shape, dtype=np.float32)
-    for i in range(n):
-        r, c = divmod(i, columns)
-        grid[pad + r * (h + pad): pad + r * (h + pad) + h, pad + c * (w + pad): pad + c * (w + pad) + w] = maps[i]
-    return grid
-
-
-def _unit(a: np.ndarray) -> np.ndarray:
-    lo, hi = float(a.min()), float(a.max())
-    return (a - lo) / (hi - lo) if hi > lo else np.zeros_like(a)
-
-
-def first_layer_figure(models: Sequence[tuple[str, LACNNBaseline]], image: np.ndarray, out: Path, *,
-                       landmarks: np.ndarray | None = None, trait: str | None = None, filters: bool = False,
-                       per_map: bool = False, columns: int = 10) -> Path:
-    """Figure 5: the input, then per model the rectified conv1 responses to it (96 maps on a
-    ``columns``-wide grid, scaled to [0, 1] together as Caffe's ``vis_square`` does, or each map on
-    its own with ``per_map``), or with ``filters`` the conv1 kernels' RGB planes (each kernel scaled
-    to [0, 1]). For LACNN models the landmark channel is shown too (Figure 4, bottom)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from datamodules.transforms import FaceTransform, TransformConfig
-
-    panels: list[tuple[str, np.ndarray, str | None]] = []
-    first = models[0][1]
-    cfg = TransformConfig(image_size=first.image_size, channels=first.in_chans)
-    sample = FaceTransform(cfg, train=False)(image, landmarks=landmarks)
-    shown = sample["image"].permute(1, 2, 0).numpy()
-    panels.append(("input", _unit(shown).squeeze(), "gray" if shown.shape[2] == 1 else None))
-    for name, model in models:
-        if model.image_size != first.image_size or model.in_chans != first.in_chans:
-            raise ValueError(f"{name}: input {model.in_chans}x{model.image_size} differs from the first checkpoint's")
-        net = model.network_for(trait)
-        batch = {"image": sample["image"][None]}
-        if model.uses_landmark_channel:
-            if "landmarks" not in sample:
-                raise ValueError(f"{name} has the landmark channel: give the image's landmarks (--landmarks FILE)")
-            batch["landmarks"] = sample["landmarks"][None]
-            channel = landmark_channel(batch["landmarks"], first.image_size, first.image_size, "unit")
-            panels.append((f"{name}: landmark channel", channel[0, 0].numpy(), "tab20"))
-        with torch.no_grad():
-            if filters:
-                w = net.conv1.weight.detach()[:, :3].permute(0, 2, 3, 1).numpy()
-                maps = np.stack([_unit(k) for k in w])
-                maps = maps if maps.shape[-1] == 3 else maps[..., 0]
-            else:
-                responses = net.conv1_responses(model.network_input(batch))[0].numpy()
-                maps = np.stack([_unit(r) for r in responses]) if per_map else _unit(responses)
-        panels.append((f"{name}: conv1 {'filters' if filters else 'responses'}", _tile(maps, columns), "gray"))
-    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4.4), squeeze=False)
-    for ax, (title, img, cmap) in zip(axes[0], panels):
-        ax.imshow(img, cmap=cmap if img.ndim == 2 else None, interpolation="nearest")
-        ax.set_title(title, fontsize=9)
-        ax.axis("off")
-    fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
-
-
-@register_analysis("lacnn-first-layer")
-def first_layer_analysis(argv: list[str]) -> int:
-    """``facebench analyze lacnn-first-layer --checkpoint CKPT [CKPT ...] --image IMG --out OUT.png``:
-    the paper's Figure 5 for one image and one or more checkpoints (e.g. baseline, then LACNN)."""
-    from datamodules.base import load_image
-
-    ap = argparse.ArgumentParser(prog="facebench analyze lacnn-first-layer", description=first_layer_analysis.__doc__)
-    ap.add_argument("--checkpoint", nargs="+", required=True, type=Path, help="Lightning checkpoints (.ckpt)")
-    ap.add_argument("--image", required=True, type=Path)
-    ap.add_argument("--out", required=True, type=Path, help="output PNG")
-    ap.add_argument("--landmarks", type=Path, help="CelebA-format landmark list holding the image's row "
-                    "(default: list_landmarks_align_celeba.txt beside the image's folder)")
-    ap.add_argument("--trait", help="per-trait models: the trait whose network to show (default: the first)")
-    ap.add_argument("--filters", action="store_true", help="show the conv1 kernels instead of their responses")
-    ap.add_argument("--per-map", action="store_true", help="scale every response map on its own (default: all together)")
-    args = ap.parse_args(argv)
-    models = [(p.parent.parent.name if p.parent.name == "checkpoints" else p.stem, load_lacnn_checkpoint(p))
-              for p in args.checkpoint]
-    landmarks = _image_landmarks(args.image, args.landmarks)
-    out = first_layer_figure(models, load_image(args.image), args.out, landmarks=landmarks, trait=args.trait,
-                             filters=args.filters, per_map=args.per_map)
-    print(f"wrote {out}")
-    return 0
-
-
-def compare_traits(metrics: pd.DataFrame, baseline: str = "lacnn_baseline", method: str = "lacnn",
-                   metric: str = "accuracy", split: str = "test", significance: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The paper's Table 3 from result records: per (dataset, trait) the mean over seeds of ``metric``
-    for ``baseline`` and ``method`` (suite method keys; :func:`benchmarks.tables.seed_means` on the long
-    ``metrics``), their difference and the winner by the mean; with the report's ``significance`` table
-    (:func:`benchmarks.stats.paired_comparisons`) also the pooled McNemar p-value (Holm-adjusted) of
-    the pair and whether the difference is significant (McNemar tests accuracy: only joined for
-    ``metric="accuracy"``)."""
-    from benchmarks.tables import AVERAGE, seed_means
-
-    frames = []
-    for dataset in sorted(metrics["dataset"].unique()):
-        mean, _, _ = seed_means(metrics, dataset, metric, split)
-        if baseline in mean.columns and method in mean.columns:
-            table = mean[[baseline, method]].drop(index=AVERAGE, errors="ignore").rename_axis("trait").reset_index()
-            frames.append(table.assign(dataset=dataset))
-    if not frames:
-        raise ValueError(f"no {metric!r} values of both {baseline!r} and {method!r} on split {split!r}")
-    out = pd.concat(frames, ignore_index=True)[["dataset", "trait", baseline, method]]
-    out.columns.name = None
-    out["difference"] = out[method] - out[baseline]
-    out["winner"] = np.where(out["difference"] > 0, method, np.where(out["difference"] < 0, baseline, "tie"))
-    if significance is not None and not significance.empty and metric == "accuracy":
-        pair = significance[(significance["test"] == "mcnemar")
-                            & (significance[["method_a", "method_b"]].apply(set, axis=1) == {baseline, method})]
-        pair = pair.rename(columns={"attribute": "trait", "p_holm": "mcnemar_p_holm"})
-        out = out.merge(pair[["dataset", "trait", "mcnemar_p_holm", "significant"]], on=["dataset", "trait"], how="left")
-    return out
-
-
-@register_analysis("lacnn-compare")
-def compare_analysis(argv: list[str]) -> int:
-    """``facebench analyze lacnn-compare RESULTS_DIR``: per trait, the baseline's and LACNN's test
-    accuracy, which won, and whether the difference is significant (after ``facebench report``)."""
-    from benchmarks.report import collect_metrics
-
-    ap = argparse.ArgumentParser(prog="facebench analyze lacnn-compare", description=compare_analysis.__doc__)
-    ap.add_argument("results", type=Path, help="a results folder (its runs' metrics.csv and tables/significance.csv)")
-    ap.add_argument("--baseline", default="lacnn_baseline", help="suite method key of the baseline")
-    ap.add_argument("--method", default="lacnn", help="suite method key of LACNN")
-    ap.add_argument("--metric", default="accuracy")
-    ap.add_argument("--split", default="test")
-    ap.add_argument("--out", type=Path, help="also write the table as CSV")
-    args = ap.parse_args(argv)
-    metrics = collect_metrics(args.results)
-    if metrics.empty:
-        raise FileNotFoundError(f"{args.results}: no finished runs")
-    sig_path = args.results / "tables" / "significance.csv"
-    significance = pd.read_csv(sig_path) if sig_path.is_file() else None
-    table = compare_traits(metrics, args.baseline, args.method, args.metric, args.split, significance)
-    with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
-        print(table.to_string(index=False))
-    if args.out:
-        table.to_csv(args.out, index=False)
-    return 0

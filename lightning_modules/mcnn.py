@@ -10,7 +10,8 @@ Classification" (AAAI 2017).
   group; sigmoid cross-entropy over all attributes.
 * ``mcnn_aux`` (section "MCNN-AUX", Figure 2): the trained MCNN, frozen, with one fully connected
   layer from all attribute scores to all final scores trained on top (a second stage:
-  ``init_from: <mcnn key>`` in a suite).
+  ``init_from: <mcnn key>`` in a suite). Figure 3, its weights as a heatmap, is
+  ``facebench analyze mcnn-aux-heatmap`` (:mod:`benchmarks.analyses.mcnn`).
 * ``independent_cnns`` (sections "Multi-Task CNN" and "Experiments / Independent CNNs"): one path
   of MCNN (3 conv + 3 FC layers, ~1.6M parameters at 227x227) per attribute, all paths held and
   trained in one module with grouped convolutions and batched matrix products.
@@ -51,10 +52,8 @@ Choices the paper leaves open (each also noted where it is made):
 
 from __future__ import annotations
 
-import argparse
 import math
 import re
-from pathlib import Path
 from typing import Any, ClassVar, Sequence
 
 import torch
@@ -63,7 +62,7 @@ from torch import nn
 from datamodules.celeba import CELEBA_ATTRIBUTES
 from datamodules.core.tasks import TaskSpec
 from lightning_modules.base import FaceAttributeTask
-from lightning_modules.registry import register_analysis, register_method
+from lightning_modules.registry import register_method
 
 #: Table 1 of the paper: attribute groups over CelebA's attribute names (``list_attr_celeba.txt``).
 CELEBA_GROUPS: dict[str, list[str]] = {
@@ -416,6 +415,14 @@ class MCNN(MCNNFamily):
         per_branch = x.reshape(b, len(self.branches), -1)          # [B, branches, 300 * grid^2]
         return self.heads(per_branch[:, self.branch_of_group])    # each group's FC1 reads its branch
 
+    def shared_parameters(self) -> list[nn.Parameter]:
+        """Conv1 and Conv2, the layers every attribute group shares (multi-task gradient methods)."""
+        return [*self.conv1.parameters(), *self.conv2.parameters()]
+
+    def task_groups(self) -> dict[str, list[str]]:
+        """The attribute groups as resolved for the task (Table 1 by default), for ``mtl: {tasks: groups}``."""
+        return self.groups
+
 
 @register_method("mcnn_aux")
 class MCNNAux(MCNN):
@@ -518,65 +525,3 @@ class IndependentCNNs(MCNNFamily):
     def path_parameter_count(self) -> int:
         """Parameters of one path (the paper's "each CNN would have over 1.6 million parameters")."""
         return self.parameter_count() // len(self.task.targets)
-
-
-# ------------------------------------------------------------------------------------------------
-# Figure 3: the AUX weights
-# ------------------------------------------------------------------------------------------------
-def plot_aux_heatmap(weight: torch.Tensor, names: Sequence[str], out_png: str | Path, title: str = "",
-                     limit: float | None = None) -> Path:
-    """Heatmap of AUX weights (Figure 3): x = MCNN output units, y = AUX units; red positive, blue
-    negative, white zero. The colour range is +-``limit`` (default: the largest off-diagonal
-    magnitude, so that the relationships between attributes show; the diagonal then saturates)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    w = weight.detach().float().cpu()
-    if limit is None:
-        off = w - torch.diag(torch.diag(w)) if w.shape[0] == w.shape[1] else w
-        limit = float(off.abs().max()) or float(w.abs().max()) or 1.0
-    n = len(names)
-    fig, ax = plt.subplots(figsize=(max(6.0, 0.25 * n + 3), max(5.0, 0.25 * n + 2)))
-    im = ax.imshow(w.numpy(), cmap="bwr", vmin=-limit, vmax=limit)
-    ax.set_xticks(range(n), labels=names, rotation=90, fontsize=7)
-    ax.set_yticks(range(n), labels=names, fontsize=7)
-    ax.set_xlabel("MCNN output unit")
-    ax.set_ylabel("AUX unit")
-    ax.set_title(title or "MCNN-AUX weights")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, extend="both")
-    fig.tight_layout()
-    out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
-
-
-def column_names(task: TaskSpec) -> list[str]:
-    """One name per logit column (``target`` or ``target:class``)."""
-    return [t.name if t.n_logits == 1 else f"{t.name}:{c}" for t in task.targets for c in t.classes[-t.n_logits:]]
-
-
-@register_analysis("mcnn-aux-heatmap")
-def aux_heatmap(argv: list[str]) -> int:
-    """``facebench analyze mcnn-aux-heatmap CHECKPOINT OUT.png``: Figure 3 of an mcnn_aux run."""
-    parser = argparse.ArgumentParser(prog="facebench analyze mcnn-aux-heatmap",
-                                     description="Heatmap of the AUX weights of an mcnn_aux checkpoint (paper Figure 3).")
-    parser.add_argument("checkpoint", help="an mcnn_aux checkpoint (e.g. results/<suite>/runs/<run>/checkpoints/best.ckpt)")
-    parser.add_argument("output", help="PNG file to write")
-    parser.add_argument("--limit", type=float, default=None,
-                        help="colour range +-LIMIT (default: the largest off-diagonal weight magnitude)")
-    args = parser.parse_args(argv)
-    ckpt = torch.load(args.checkpoint, map_location="cpu", weights_only=False)
-    state = ckpt.get("state_dict", ckpt)
-    if "aux.weight" not in state:
-        raise ValueError(f"{args.checkpoint}: no 'aux.weight' in the checkpoint; is it an mcnn_aux run's checkpoint?")
-    weight = state["aux.weight"]
-    task_dict = (ckpt.get("hyper_parameters") or {}).get("task")
-    names = column_names(TaskSpec.from_dict(task_dict)) if task_dict else [str(i) for i in range(weight.shape[0])]
-    out = plot_aux_heatmap(weight, names, args.output, limit=args.limit,
-                           title=f"MCNN-AUX weights ({Path(args.checkpoint).parent.parent.name})")
-    print(out)
-    return 0

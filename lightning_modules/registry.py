@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 from datamodules.core.registry import Registry
 
@@ -37,14 +37,3 @@ def create_method(name: str, task: "TaskSpec", **cfg: Any) -> "FaceAttributeTask
             f"target(s): {', '.join(t.name for t in task.targets if t.kind in unsupported)}")
     cls.check_config(cfg)
     return cls(task=task, **cfg)
-
-
-ANALYSES: Registry[Callable[[list[str]], int]] = Registry("analysis", loader=_load_all, plural="analyses")
-#: Register an analysis command: ``facebench analyze NAME ARGS...`` calls ``fn(ARGS)``; the function
-#: parses its own arguments (argparse, ``prog=f"facebench analyze {name}"``).
-register_analysis = ANALYSES.register
-analysis_names = ANALYSES.names
-
-
-def run_analysis(name: str, argv: list[str]) -> int:
-    return ANALYSES.get(name)(argv)

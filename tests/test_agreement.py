@@ -13,8 +13,10 @@ import torch
 from statsmodels.stats.inter_rater import aggregate_raters
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
-from lightning_modules.agreement import (FleissKappa, RaterAgreement, add_rater, agreement_table, category_kappas,
-                                         fleiss_kappa, loo_majority_agreement, rater_agreement_main)
+from benchmarks.analyses import run_analysis
+from benchmarks.analyses.rater_agreement import agreement_table
+from datamodules.core.agreement import add_rater, category_kappas, fleiss_kappa, loo_majority_agreement
+from lightning_modules.metrics import FleissKappa, RaterAgreement
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FERPLUS = DATA / "ferplus"
@@ -183,9 +185,9 @@ def test_ferplus_kappa_matches_statsmodels(ferplus_dm):
 @pytest.mark.realdata
 def test_ferplus_analysis_command(ferplus_dm, tmp_path, capsys, monkeypatch):
     """The analysis command writes the table the repository's results/ferplus_agreement.csv holds."""
-    monkeypatch.setattr("datamodules.base.create_datamodule", lambda name, **kw: ferplus_dm)
+    monkeypatch.setattr("benchmarks.analyses.rater_agreement.create_datamodule", lambda name, **kw: ferplus_dm)
     out = tmp_path / "agreement.csv"
-    assert rater_agreement_main(["--dataset", "ferplus", "--root", str(FERPLUS), "--out", str(out)]) == 0
+    assert run_analysis("rater-agreement", ["--dataset", "ferplus", "--root", str(FERPLUS), "--out", str(out)]) == 0
     assert "Fleiss' kappa per class" in capsys.readouterr().out
     df = pd.read_csv(out, keep_default_na=False, na_values=["", "nan"])
     assert set(df["split"]) == {"train", "val", "test", "all"}

@@ -13,11 +13,12 @@ import torch
 import yaml
 
 from datamodules.core.tasks import Target, TaskSpec
+from benchmarks.analyses import run_analysis
+from benchmarks.analyses.branching import (apply_operating_point, read_lfw_pairs, select_branches, select_operating_point,
+                                           sweep_records)
 from lightning_modules.branching import (AssembledBranchingNet, BranchingFineTuneTask, BranchingIdentityTask,
-                                         FaceIdentityNetwork, VerificationPairs, apply_operating_point,
-                                         generate_pairs, read_lfw_pairs, select_branches, select_operating_point,
-                                         sweep_records, verification_accuracy)
-from lightning_modules.registry import create_method, run_analysis
+                                         FaceIdentityNetwork, VerificationPairs, generate_pairs, verification_accuracy)
+from lightning_modules.registry import create_method
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = 32   # input size of the CPU tests: the paper's layers, 1/49 of the pixels of 224x224
@@ -311,7 +312,7 @@ def test_branch_selection_picks_best_validation_depth(tmp_path):
 @pytest.mark.slow
 def test_suite_identity_then_branch_sweep_then_assembly(tmp_path):
     from benchmarks.runner import run_suite
-    from datamodules.synthetic import SynthFacesConfig, generate, write_celeba
+    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
     root = write_celeba(generate(SynthFacesConfig(n_identities=40, images_per_identity=2, image_size=40, seed=1, workers=1)),
                         tmp_path / "synth")

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.base import DatasetFormatError
+from datamodules.formats import DatasetFormatError
 from datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
 from tests.conftest import shared_data
 

@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.base import DatasetFormatError, create_datamodule
+from datamodules.base import create_datamodule
+from datamodules.formats import DatasetFormatError
 from datamodules.fer import FERPLUS_VOTE_COLUMNS, ferplus_distribution
 from datamodules.inspect import format_description
-from datamodules.synth_writers import WRITERS, emotion_of, ferplus_votes, synth_ages, write_multirater
-from datamodules.synthetic import SynthFacesConfig, generate
+from datamodules.synthfaces.writers import WRITERS, emotion_of, ferplus_votes, synth_ages, write_multirater
+from datamodules.synthfaces import SynthFacesConfig, generate
 
 N_ID, PER_ID = 12, 4
 
@@ -63,7 +64,7 @@ def test_every_format_loads_and_yields_batches(fmt, written):
     assert "samples:" in format_description(info)
 
 
-def test_synth_writers_are_atomic_and_refuse_to_overwrite(synth, written, tmp_path):
+def test_synthfaces_writers_are_atomic_and_refuse_to_overwrite(synth, written, tmp_path):
     with pytest.raises(FileExistsError):
         WRITERS["utkface"](synth, written["utkface"])
     assert not [p for p in written["utkface"].parent.iterdir() if ".partial-" in p.name]
@@ -278,7 +279,7 @@ def test_bad_label_files_name_file_line_and_expectation(fmt, file, edit, match, 
     kwargs = {}
     if fmt == "multirater-declared":
         fmt = "multirater"
-        from datamodules.synth_writers import FAD_TRAITS
+        from datamodules.synthfaces.writers import FAD_TRAITS
         kwargs["traits"] = {t: {"classes": list(c)} for t, (c, _) in FAD_TRAITS.items()}
         kwargs["traits"]["ethnicity"] = {"classes": ["other", "white"]}
     root = copy_of(written, fmt, tmp_path)

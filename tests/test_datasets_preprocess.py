@@ -14,8 +14,8 @@ from datamodules.base import create_datamodule
 from datamodules.preprocess import (FileCache, PreprocessConfig, alignment, detect_face_and_eyes,
                                     eyes_from_landmarks, global_contrast_normalize)
 from datamodules.splits import assign_splits, strata_of
-from datamodules.synth_writers import WRITERS
-from datamodules.synthetic import SynthFacesConfig, generate
+from datamodules.synthfaces.writers import WRITERS
+from datamodules.synthfaces import SynthFacesConfig, generate
 from datamodules.transforms import FaceTransform, TransformConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -130,7 +130,7 @@ def test_haar_detection_runs_cached_and_falls_back_to_the_whole_image(celeba_roo
 @pytest.mark.realdata
 @pytest.mark.skipif(not (DATA / "celeba_subset").is_dir(), reason="needs ../shared/data/celeba_subset")
 def test_viola_jones_finds_real_faces_and_eyes():
-    from datamodules.base import load_image
+    from datamodules.image_files import load_image
 
     files = sorted((DATA / "celeba_subset" / "img_align_celeba").iterdir())[:20]
     found = [detect_face_and_eyes(load_image(f)) for f in files]

@@ -14,8 +14,9 @@ from PIL import Image
 
 from datamodules.core.tasks import Target, TaskSpec
 from datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
-from lightning_modules.lacnn import (LACNN, CaffeAlexNet, LACNNBaseline, compare_traits, first_layer_analysis,
-                                     landmark_channel, nearest_landmark_index)
+from benchmarks.analyses import run_analysis
+from benchmarks.analyses.lacnn import compare_traits
+from lightning_modules.lacnn import LACNN, CaffeAlexNet, LACNNBaseline, landmark_channel, nearest_landmark_index
 from lightning_modules.registry import create_method, get_method_class
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -257,8 +258,9 @@ def test_first_layer_figure_from_checkpoints(tmp_path: Path):
         "000001.jpg 17 25 33 25 25 33 19 43 31 43\n")
     for extra in ([], ["--filters", "--trait", "t1"], ["--per-map"]):
         out = tmp_path / f"fig{len(extra)}.png"
-        assert first_layer_analysis(["--checkpoint", *ckpts, "--image", str(tmp_path / "img_align_celeba" / "000001.jpg"),
-                                     "--out", str(out), *extra]) == 0
+        assert run_analysis("lacnn-first-layer", ["--checkpoint", *ckpts, "--image",
+                                                  str(tmp_path / "img_align_celeba" / "000001.jpg"), "--out", str(out),
+                                                  *extra]) == 0
         with Image.open(out) as im:
             assert im.size[0] > im.size[1] > 100
 

@@ -14,14 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lightning_modules.all  # noqa: F401  (registers the methods and analyses)
+import lightning_modules.all  # noqa: F401  (registers the methods)
+from benchmarks.analyses import run_analysis
+from benchmarks.analyses.lnets_anet import attribute_groups
 from datamodules.core.tasks import TaskSpec
-from lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, attribute_groups,
-                                          box_iou_xywh, calibrate_scale, crop_boxes, density_peaks, densest_region, identity_retrieval,
+from lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, box_iou_xywh,
+                                          calibrate_scale, crop_boxes, density_peaks, densest_region, identity_retrieval,
                                           load_pretrained_convs, localization_rows, region_box, region_moments_box,
                                           similarity_loss, split_identities)
 from lightning_modules.local_conv import LocallySharedConv2d, cell_index
-from lightning_modules.registry import create_method, run_analysis
+from lightning_modules.registry import create_method
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TASK = TaskSpec.binary_attributes([f"attr{i}" for i in range(6)], name="toy")
@@ -439,7 +441,7 @@ def test_attribute_grouping_analysis(tmp_path: Path) -> None:
 def test_cascade_end_to_end_through_the_runner(tmp_path: Path) -> None:
     """All five stages chained with init_from on tiny wild SynthFaces: records, boxes, the table."""
     from benchmarks.runner import run_suite
-    from datamodules.synthetic import SynthFacesConfig, generate, write_celeba
+    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
     root = write_celeba(generate(SynthFacesConfig(n_identities=8, images_per_identity=5, image_size=32, wild=True,
                                                   wild_size=96, workers=1)), tmp_path / "synth", split_fractions=(0.5, 0.25, 0.25))

@@ -12,9 +12,10 @@ from PIL import Image
 
 from datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
 from datamodules.core.tasks import TaskSpec, Target
-from lightning_modules.mcnn import (CELEBA_GROUPS, MCNN, GroupingError, IndependentCNNs, MCNNAux, aux_heatmap,
-                                    auto_conv1_stride, resolve_groups)
-from lightning_modules.registry import analysis_names, create_method, method_names
+from benchmarks.analyses import analysis_names, run_analysis
+from lightning_modules.mcnn import (CELEBA_GROUPS, MCNN, GroupingError, IndependentCNNs, MCNNAux, auto_conv1_stride,
+                                    resolve_groups)
+from lightning_modules.registry import create_method, method_names
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBA = TaskSpec.binary_attributes(CELEBA_ATTRIBUTES, name="celeba")
@@ -225,11 +226,11 @@ def test_aux_heatmap_analysis_writes_a_png(tmp_path: Path) -> None:
     aux = MCNNAux(small_task(), input_size=SMALL, aux_init="xavier")
     ckpt = save_checkpoint(aux, tmp_path / "aux.ckpt")
     out = tmp_path / "fig3.png"
-    assert aux_heatmap([str(ckpt), str(out)]) == 0
+    assert run_analysis("mcnn-aux-heatmap", [str(ckpt), str(out)]) == 0
     with Image.open(out) as im:
         assert im.format == "PNG" and im.width > 300
     with pytest.raises(ValueError, match="aux.weight"):
-        aux_heatmap([str(save_checkpoint(MCNN(small_task(), input_size=SMALL), tmp_path / "m.ckpt")), str(out)])
+        run_analysis("mcnn-aux-heatmap", [str(save_checkpoint(MCNN(small_task(), input_size=SMALL), tmp_path / "m.ckpt")), str(out)])
 
 
 # ------------------------------------------------------------------------------------------------

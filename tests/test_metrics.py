@@ -14,7 +14,7 @@ from sklearn import metrics as skm
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
 from datamodules.core.tasks import Target, TaskSpec, age_bins
-from lightning_modules.agreement import add_rater, loo_majority_agreement
+from datamodules.core.agreement import add_rater, loo_majority_agreement
 from lightning_modules.metrics import TaskMetrics, bin_centres, evaluate, summarize, tune_thresholds
 
 AGE_EDGES = (0, 10, 20, 30, 40)
@@ -276,6 +276,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, payload: str, out: str) -
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(data, tmp_path):
     import torch.multiprocessing as mp
 
@@ -299,7 +300,7 @@ def test_records_carry_exact_ages_for_every_binned_target(tmp_path):
     from types import SimpleNamespace
 
     from benchmarks.records import load_predictions, write_records
-    from datamodules.base import SampleTable
+    from datamodules.table import SampleTable
     from lightning_modules.registry import create_method
 
     coarse, fine = (0, 20, 40), (0, 10, 20, 30, 40)

@@ -17,7 +17,7 @@ from torch import nn
 import datamodules.cache as cache_module
 from datamodules.batch_augment import BatchAugment, collate_stored
 from datamodules.celeba import CelebADataModule
-from datamodules.synthetic import SynthFacesConfig, generate, write_celeba
+from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 from datamodules.core.tasks import TaskSpec
 from datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
 from lightning_modules.base import FaceAttributeTask

@@ -73,6 +73,7 @@ def finished_suite(tmp_path_factory, synth_root):
     return suite, tmp / "results", proc
 
 
+@pytest.mark.slow
 def test_run_writes_leaderboard_records_and_provenance(finished_suite):
     suite, results, proc = finished_suite
     board = read_csv(results / "leaderboard.csv")
@@ -100,6 +101,7 @@ def test_run_writes_leaderboard_records_and_provenance(finished_suite):
     assert row["accuracy"].item() == pytest.approx(acc)
 
 
+@pytest.mark.slow
 def test_rerun_skips_finished_runs_and_report_rebuilds(finished_suite):
     suite, results, _ = finished_suite
     t0 = time.time()
@@ -112,6 +114,7 @@ def test_rerun_skips_finished_runs_and_report_rebuilds(finished_suite):
         assert (results / "tables" / table).is_file(), table
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_holds_the_logged_metrics(finished_suite):
     from benchmarks.logging_setup import read_offline_wandb
 
@@ -124,6 +127,7 @@ def test_wandb_offline_run_holds_the_logged_metrics(finished_suite):
     assert logged["summary"]["test/mean_accuracy"] == pytest.approx(summary["mean_accuracy"])
 
 
+@pytest.mark.slow
 def test_predict_reproduces_the_run_predictions(finished_suite, tmp_path):
     _, results, _ = finished_suite
     run = results / "runs" / "resnet--synth--s0"
@@ -138,6 +142,7 @@ def test_predict_reproduces_the_run_predictions(finished_suite, tmp_path):
     assert np.allclose(df.iloc[:, 1:].to_numpy(), probs, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, synth_root):
     """Also the determinism check: two CPU runs with the same seed (one of them killed and resumed)
     give identical metrics."""
@@ -164,6 +169,7 @@ def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, synth_root)
     pd.testing.assert_series_equal(ref_metrics, metrics_of(run_dir))
 
 
+@pytest.mark.slow
 def test_shards_are_disjoint_and_cover_the_suite(tmp_path, synth_root):
     methods = {"majority": MAJORITY, "aux": {"method": "majority", "init_from": "majority", "trainer": {"max_epochs": 1}}}
     suite_path = write_suite(tmp_path / "s.yaml", tmp_path / "res", synth_root, methods, seeds=(0, 1))
@@ -187,6 +193,7 @@ def test_shards_are_disjoint_and_cover_the_suite(tmp_path, synth_root):
     assert not (tmp_path / "res" / "leaderboard.csv").exists()     # shards leave the shared report to `facebench report`
 
 
+@pytest.mark.slow
 def test_nan_loss_stops_the_run_and_the_suite_goes_on(tmp_path, synth_root):
     exploding = {"method": "timm", "args": {"backbone": "test_resnet", "input_size": 32, "optimizer": {"name": "SGD", "lr": 1e12},
                                             "scheduler": None}}
@@ -199,6 +206,7 @@ def test_nan_loss_stops_the_run_and_the_suite_goes_on(tmp_path, synth_root):
     assert "FAILED   exploding--synth--s0" in proc.stdout
 
 
+@pytest.mark.slow
 def test_ddp_on_two_cpu_processes_gives_the_single_process_metrics(tmp_path, synth_root):
     # max_epochs 0: both evaluate the same seeded weights, so only the evaluation path differs
     one = write_suite(tmp_path / "one.yaml", tmp_path / "one", synth_root, {"resnet": TIMM}, trainer={"max_epochs": 0})

@@ -14,10 +14,11 @@ import torch.nn.functional as F
 import yaml
 
 from datamodules.core.tasks import TaskSpec, Target
-from lightning_modules.registry import create_method, run_analysis
+from benchmarks.analyses import run_analysis
+from benchmarks.analyses.semantic_cnn import filter_similarity, first_layer_filters
+from lightning_modules.registry import create_method
 from lightning_modules.semantic_cnn import (LocalContrastNorm, PCAShapeModel, PixelStandardize, SemanticCNN,
-                                            SemanticFeaturesCNN, SemanticShapeCNN, class_indicators,
-                                            filter_similarity, first_layer_filters, fit_shape_model,
+                                            SemanticFeaturesCNN, SemanticShapeCNN, class_indicators, fit_shape_model,
                                             gaussian_window, shape_metrics)
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -403,7 +404,7 @@ def test_first_layer_similarity_analysis(tmp_path):
 @pytest.mark.slow
 def test_runner_end_to_end_classifier_and_shape(tmp_path):
     from benchmarks.runner import run_suite
-    from datamodules.synthetic import SynthFacesConfig, generate, write_celeba
+    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
     root = write_celeba(generate(SynthFacesConfig(n_identities=12, images_per_identity=5, image_size=48, workers=1)),
                         tmp_path / "synth")

@@ -1,4 +1,4 @@
-"""Tests of the SynthFaces renderer (datamodules/synthetic.py)."""
+"""Tests of the SynthFaces renderer (datamodules/synthfaces/)."""
 
 from __future__ import annotations
 
@@ -11,22 +11,22 @@ import pytest
 from PIL import Image
 
 try:
-    import datamodules.synthetic  # noqa: F401
+    import datamodules.synthfaces  # noqa: F401
 except ModuleNotFoundError:  # running pytest without the repo root on sys.path
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.synthetic import (
+from datamodules.synthfaces import (
     ATTRIBUTE_NAMES,
     RATER_ERROR,
     TARGET_PREVALENCE,
     SynthFacesConfig,
     SynthFacesData,
     generate,
-    main,
     render_single,
     write_celeba,
 )
+from datamodules.synthfaces.cli import main
 
 IX = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
 

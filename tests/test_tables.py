@@ -14,7 +14,7 @@ from datamodules.core.io import write_json, write_yaml
 from benchmarks.records import write_records
 from benchmarks.report import build_reports
 from benchmarks.tables import (AVERAGE, REPORTED_PATH, canonical_attribute, comparison_table, html_page, load_reported)
-from datamodules.base import SampleTable
+from datamodules.table import SampleTable
 from datamodules.celeba import CELEBA_ATTRIBUTES
 from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.registry import create_method

@@ -1,20 +1,21 @@
-"""Agreement between raters, and between a model and raters, from per-class vote counts.
+"""Agreement between raters, and between a model and raters, from per-class vote counts: the
+pure functions (torchmetrics' ``functional`` style) behind the rater-agreement metrics
+(:mod:`lightning_modules.metrics.agreement`), ``facebench inspect`` and
+``facebench analyze rater-agreement``.
 
 Everything here reads a vote table ``counts`` ``[N subjects, C classes]``: how many raters put
-subject ``i`` in class ``j`` (the ``votes`` of :class:`~datamodules.base.SampleTable`, e.g. FER+'s
-10 rater votes per image, or FAD's 3 per trait).
+subject ``i`` in class ``j`` (the ``votes`` of a datamodule's sample table, e.g. FER+'s 10 rater
+votes per image, or FAD's 3 per trait).
 
 * :func:`fleiss_kappa` / :func:`category_kappas`: Fleiss' kappa (Fleiss 1971, "Measuring nominal
   scale agreement among many raters", eqs. for P_i, p_j, kappa and the category kappas kappa_j);
-  the FAD paper reports it per trait (Table 2).
+  the FAD paper reports it per trait (Table 2). :func:`kappa_sums` / :func:`kappa_from_sums` split
+  it into sums over subjects and the final formula (sums add up over batches and DDP ranks).
 * :func:`loo_majority_agreement`: the **human ceiling**, each rater's accuracy against the
   majority of the *other* raters (leave one rater out), and a model's accuracy against exactly
   the same targets. It is computed exactly from the count table: a rater who voted ``c`` on
-  subject ``i`` is compared with ``argmax(counts[i] - e_c)``.
-* :class:`FleissKappa` and :class:`RaterAgreement`: the same as torchmetrics ``Metric`` objects
-  holding only sums (``dist_reduce_fx="sum"``), so they are exact under DDP.
-* ``facebench analyze rater-agreement``: per-class kappa and the human-ceiling table of a
-  dataset's votes (e.g. FER+), printed and written to a CSV.
+  subject ``i`` is compared with ``argmax(counts[i] - e_c)``. Again in two parts:
+  :func:`loo_sums` / :func:`loo_from_sums`.
 
 Conventions (documented choices where the papers leave details open):
 
@@ -36,19 +37,11 @@ Conventions (documented choices where the papers leave details open):
 
 from __future__ import annotations
 
-import argparse
 import math
-import sys
-import warnings
-from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
-from torchmetrics import Metric
-
-from lightning_modules.registry import register_analysis
 
 MIN_RATINGS = 2
 
@@ -168,6 +161,8 @@ def loo_majority_agreement(counts: Any, predictions: Any = None, min_ratings: in
 
 def loo_from_sums(votes: torch.Tensor, target_mass: torch.Tensor, rater_hits: torch.Tensor, model_hits: torch.Tensor,
                   with_model: bool = True) -> dict[str, Any]:
+    """:func:`loo_majority_agreement`'s dict from :func:`loo_sums` (accuracies over all ratings,
+    recalls per target class; NaN where a class is never the others' majority)."""
     total = float(votes.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         mass = target_mass.double().numpy()
@@ -178,144 +173,3 @@ def loo_from_sums(votes: torch.Tensor, target_mass: torch.Tensor, rater_hits: to
             out["model_accuracy"] = float(model_hits.sum()) / total if total > 0 else math.nan
             out["model_recall"] = np.where(mass > 0, model_hits.double().numpy() / mass, np.nan)
     return out
-
-
-# ------------------------------------------------------------------------------------------------
-# torchmetrics Metrics (sums only: exact under DDP)
-# ------------------------------------------------------------------------------------------------
-class _SummedStatistics(Metric):
-    """A Metric whose states are sums of per-batch sufficient statistics (``STATES``: name ->
-    per-class or scalar), reduced with ``sum`` across DDP ranks: exact under DDP."""
-
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = True
-    STATES: dict[str, bool] = {}
-
-    def __init__(self, num_classes: int, min_ratings: int = MIN_RATINGS, **kwargs: Any):
-        super().__init__(**kwargs)
-        self.num_classes, self.min_ratings = num_classes, min_ratings
-        for name, per_class in self.STATES.items():
-            self.add_state(name, torch.zeros(num_classes if per_class else (), dtype=torch.float64), dist_reduce_fx="sum")
-
-    def _accumulate(self, sums: dict[str, torch.Tensor]) -> None:
-        for k, v in sums.items():
-            setattr(self, k, getattr(self, k) + v.to(self.device))
-
-    def _states(self) -> dict[str, torch.Tensor]:
-        return {k: getattr(self, k).cpu() for k in self.STATES}
-
-
-class FleissKappa(_SummedStatistics):
-    """Fleiss' kappa accumulated over batches of vote counts ``[B, C]``; ``compute()`` returns
-    ``(kappa, category kappas [C])``."""
-
-    STATES = {"subjects": False, "ratings": False, "class_ratings": True, "disagreement": True}
-
-    def update(self, counts: torch.Tensor, extra_rater: torch.Tensor | None = None) -> None:
-        """``extra_rater`` [B]: one more vote per subject (the model as a rater)."""
-        counts = counts.to(torch.float64)
-        if extra_rater is not None:
-            counts = counts + torch.nn.functional.one_hot(extra_rater.long(), self.num_classes).to(counts)
-        self._accumulate(kappa_sums(counts, self.min_ratings))
-
-    def compute(self) -> tuple[float, np.ndarray]:
-        return kappa_from_sums(**self._states())
-
-
-class RaterAgreement(_SummedStatistics):
-    """Human ceiling and model accuracy against the leave-one-rater-out majority, accumulated from
-    ``update(counts [B, C], predictions [B])``; ``compute()`` returns :func:`loo_from_sums`'s dict."""
-
-    STATES = {"votes": True, "target_mass": True, "rater_hits": True, "model_hits": True}
-
-    def update(self, counts: torch.Tensor, predictions: torch.Tensor | None = None) -> None:
-        self._accumulate(loo_sums(counts, predictions, self.min_ratings))
-
-    def compute(self) -> dict[str, Any]:
-        return loo_from_sums(**self._states())
-
-
-# ------------------------------------------------------------------------------------------------
-# facebench analyze rater-agreement
-# ------------------------------------------------------------------------------------------------
-def agreement_table(counts: Any, classes: Sequence[str], min_ratings: int = MIN_RATINGS) -> pd.DataFrame:
-    """One row per class and an ``all`` row: subjects, ratings, share of the ratings, Fleiss'
-    (category) kappa, the human ceiling (``rater_agreement_loo``: rater against the majority of
-    the others; per class the rater's recall of that majority class) and ``majority_share``
-    (subjects whose plain majority is the class, ties split)."""
-    t = as_count_tensor(counts)
-    sums = kappa_sums(t, min_ratings)
-    kappa, per_class = kappa_from_sums(**sums)
-    loo = loo_majority_agreement(t, None, min_ratings)
-    kept = t[t.sum(dim=1) >= min_ratings]
-    tied = (kept == kept.max(dim=1, keepdim=True).values).double()
-    majority = (tied / tied.sum(dim=1, keepdim=True)).sum(dim=0).numpy()
-    ratings = sums["class_ratings"].numpy()
-    n_sub = int(sums["subjects"])
-    rows = [{"class": c, "subjects": n_sub, "ratings": int(ratings[j]),
-             "rating_share": ratings[j] / max(ratings.sum(), 1), "majority_share": majority[j] / max(n_sub, 1),
-             "fleiss_kappa": per_class[j], "rater_agreement_loo": loo["rater_recall"][j]}
-            for j, c in enumerate(classes)]
-    rows.append({"class": "all", "subjects": n_sub, "ratings": int(ratings.sum()), "rating_share": 1.0,
-                 "majority_share": 1.0, "fleiss_kappa": kappa, "rater_agreement_loo": loo["rater_accuracy"]})
-    return pd.DataFrame(rows)
-
-
-def dataset_agreement(dm: Any, splits: Sequence[str] | None = None, min_ratings: int = MIN_RATINGS) -> pd.DataFrame:
-    """:func:`agreement_table` of every voted target of a datamodule, per split and over all splits."""
-    dm.setup()
-    task = dm.task
-    splits = list(splits or dm.tables)
-    unknown = [s for s in splits if s not in dm.tables]
-    if unknown:
-        raise ValueError(f"{dm.registered_name}: no split(s) {unknown}; splits: {', '.join(dm.tables)}")
-    frames = []
-    voted = [t for t in task.targets if any(t.name in dm.tables[s].votes for s in splits)]
-    if not voted:
-        raise ValueError(f"{dm.registered_name}: no rater votes in splits {splits} (targets: {', '.join(task.names)})")
-    for target in voted:
-        per_split = {s: dm.tables[s].votes[target.name] for s in splits if target.name in dm.tables[s].votes}
-        if len(per_split) > 1:
-            per_split["all"] = np.concatenate(list(per_split.values()))
-        for split, counts in per_split.items():
-            if counts.shape[1] != len(target.vote_columns):
-                raise ValueError(f"{dm.registered_name}: votes of {target.name!r} have {counts.shape[1]} columns, "
-                                 f"the target names {len(target.vote_columns)}: {', '.join(target.vote_columns)}")
-            df = agreement_table(counts, target.vote_columns, min_ratings)
-            df.insert(0, "target", target.name)
-            df.insert(0, "split", split)
-            frames.append(df)
-    return pd.concat(frames, ignore_index=True)
-
-
-@register_analysis("rater-agreement")
-def rater_agreement_main(argv: list[str]) -> int:
-    """``facebench analyze rater-agreement --dataset ferplus --root DIR [--out CSV]``: per-class
-    Fleiss' kappa and the leave-one-rater-out human ceiling of a dataset's rater votes."""
-    from benchmarks.cli import _parse_sets
-    from datamodules.core.io import write_csv
-    from datamodules.base import create_datamodule
-
-    p = argparse.ArgumentParser(prog="facebench analyze rater-agreement", description=rater_agreement_main.__doc__)
-    p.add_argument("--dataset", required=True, help="registered datamodule with rater votes (e.g. ferplus)")
-    p.add_argument("--root", required=True, help="the dataset folder")
-    p.add_argument("--splits", nargs="+", help="splits to analyse (default: all); 'all' rows pool them")
-    p.add_argument("--min-ratings", type=int, default=MIN_RATINGS, help="skip subjects with fewer ratings")
-    p.add_argument("--out", help="CSV to write (e.g. results/ferplus_agreement.csv)")
-    p.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="datamodule arguments")
-    args = p.parse_args(argv)
-    dm = create_datamodule(args.dataset, root=args.root, **_parse_sets(args.set))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        table = dataset_agreement(dm, args.splits, args.min_ratings)
-    table.insert(0, "dataset", args.dataset)
-    with pd.option_context("display.width", 160, "display.max_rows", 500, "display.float_format", "{:.4f}".format):
-        for (split, target), df in table.groupby(["split", "target"], sort=False):
-            print(f"\n{args.dataset} / {split} / {target}: Fleiss' kappa per class and human ceiling "
-                  f"(rater vs majority of the other raters)")
-            print(df.drop(columns=["dataset", "split", "target"]).to_string(index=False))
-    if args.out:
-        out = write_csv(Path(args.out), table, float_format="%.6g")
-        print(f"\nwrote {out}", file=sys.stderr)
-    return 0

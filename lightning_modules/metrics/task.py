@@ -1,9 +1,10 @@
-"""Metrics over a :class:`~datamodules.core.tasks.TaskSpec`, built from torchmetrics so that every
-state is reduced correctly under DDP.
+"""Per-target metrics of a :class:`~datamodules.core.tasks.TaskSpec`, built from torchmetrics so that
+every state is reduced correctly under DDP.
 
 :class:`TaskMetrics` updates from ``(probabilities, labels[, votes, ages])`` in the task's layouts
 and computes a long table of ``(target, class, metric, value)`` records; :func:`evaluate` does the
-same from saved predictions (the result records), so a report never needs the model.
+same from saved predictions (the result records), so a report never needs the model. Decision
+thresholds and their tuning: :mod:`lightning_modules.metrics.functional`.
 
 Metric names (``class`` is ``""`` for a target-level value, else a class name):
 
@@ -36,18 +37,10 @@ Metric names (``class`` is ``""`` for a target-level value, else a class name):
   majority of the other raters) and ``model_accuracy_loo`` (the model against the same
   targets); per class ``rater_recall_loo`` / ``model_recall_loo``. Cohen's kappa of the model
   against the label (for voted datasets the majority label) is ``cohen_kappa`` above. See
-  :mod:`lightning_modules.agreement` for the definitions and tie handling. The vote table is used
+  :mod:`datamodules.core.agreement` for the definitions and tie handling. The vote table is used
   as the raters filled it in, over all of ``Target.vote_columns`` (FER+: the 8 emotions, unknown
   and not-a-face); the model's vote goes to its predicted class, so where the other raters'
   majority is "unknown" the model cannot agree (FER+ gives such images no label).
-
-Decision thresholds: ``threshold`` (default 0.5) gives the plain names; :func:`tune_thresholds`
-picks per binary column the threshold that maximises **balanced accuracy** on a split (the
-records tune on ``val`` and apply on every split: ``accuracy@tuned`` on test is an honest
-number). Balanced accuracy is the default criterion because it does not depend on prevalence:
-an accuracy-optimal threshold on a rare attribute (CelebA's Bald: 2%) degenerates towards the
-majority answer, and a prevalence-free threshold transfers to a split with another prevalence.
-``criterion="accuracy"`` is available.
 """
 
 from __future__ import annotations
@@ -62,32 +55,17 @@ import torch
 from torch import nn
 from torchmetrics import MeanAbsoluteError, Metric
 from torchmetrics.classification import (BinaryCalibrationError, MulticlassAUROC, MulticlassCalibrationError,
-                                         MulticlassConfusionMatrix, MulticlassSensitivityAtSpecificity,
-                                         MultilabelAUROC, MultilabelAveragePrecision,
-                                         MultilabelSensitivityAtSpecificity, MultilabelStatScores)
-from torchmetrics.utilities import dim_zero_cat
+                                         MulticlassConfusionMatrix, MultilabelAUROC, MultilabelAveragePrecision,
+                                         MultilabelStatScores)
 
 from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.agreement import FleissKappa, RaterAgreement
+from lightning_modules.metrics.agreement import FleissKappa, RaterAgreement
+from lightning_modules.metrics.functional import (COLUMNS, bin_centres, kappa_from_confusion, nan_divide,
+                                                  summarize)
+from lightning_modules.metrics.operating_point import MulticlassOperatingPoint, MultilabelOperatingPoint
+from lightning_modules.metrics.target_keys import TargetModuleDict
 
 MISSING = -1
-COLUMNS = ["target", "class", "metric", "value"]
-#: Metrics averaged over targets by :func:`summarize` (progress bars, checkpoint monitors, run status).
-SUMMARY_METRICS = ("accuracy", "balanced_accuracy", "f1", "auroc", "average_precision", "cohen_kappa", "ece",
-                   "mean_class_precision", "accuracy_within_1", "mae_bins", "mae_years")
-#: Lower is better for these (everything else: higher is better); see :func:`lower_is_better`.
-LOWER_IS_BETTER = frozenset({"ece", "mae_bins", "mae_years", "unlabelled", "fpr"})
-THRESHOLD_CRITERIA = ("balanced_accuracy", "accuracy")
-
-
-def lower_is_better(metric: str) -> bool:
-    """Whether smaller values of ``metric`` are better (a ``@...`` suffix names the threshold set
-    or operating point and does not change the direction)."""
-    return metric.split("@", 1)[0] in LOWER_IS_BETTER
-
-
-def _ratio(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    return torch.where(b > 0, a / b.clamp(min=1e-300), torch.full_like(a, float("nan")))
 
 
 def _quiet(fn: Any, *args: Any) -> Any:
@@ -96,62 +74,6 @@ def _quiet(fn: Any, *args: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return fn(*args)
-
-
-def bin_centres(target: Target) -> np.ndarray:
-    """Centres in years of an ordinal target's bins; the open last bin gets the width of the bin
-    before it (e.g. edges 0, 5, ..., 60 -> the 60+ bin's centre is 62.5)."""
-    if target.bin_edges is None:
-        raise ValueError(f"target {target.name!r} has no bin_edges (an ordinal age target needs them)")
-    e = np.asarray(target.bin_edges, dtype=np.float64)
-    if len(e) == 1:
-        return e.copy()
-    upper = np.append(e[1:], e[-1] + (e[-1] - e[-2]))
-    return (e + upper) / 2
-
-
-def kappa_from_confusion(confmat: torch.Tensor) -> float:
-    """Cohen's kappa of a ``[C, C]`` confusion matrix (rows: reference, columns: prediction)."""
-    cm = confmat.double()
-    n = cm.sum()
-    if n <= 0:
-        return math.nan
-    po = torch.trace(cm) / n
-    pe = (cm.sum(0) * cm.sum(1)).sum() / n ** 2
-    return float((po - pe) / (1 - pe)) if pe < 1 else math.nan
-
-
-class _OperatingPointMixin:
-    """Adds, at the thresholds torchmetrics picks (highest TPR with FPR <= ``1 - min_specificity``),
-    the false-positive rate reached and the share of samples that no class reaches."""
-
-    def _op_targets(self, target: torch.Tensor, n: int) -> torch.Tensor:
-        raise NotImplementedError
-
-    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
-        tpr, thr = super().compute()  # type: ignore[misc]
-        preds, target = dim_zero_cat(self.preds), dim_zero_cat(self.target)  # type: ignore[attr-defined]
-        target = self._op_targets(target, preds.shape[1])
-        positive = preds >= thr[None, :]
-        negatives = (target == 0).sum(0)
-        fpr = _ratio((positive & (target == 0)).sum(0).double(), negatives.double())
-        tpr = torch.where((target == 1).any(0), tpr.double(), torch.full_like(tpr.double(), float("nan")))
-        unlabelled = (~positive.any(1)).double().mean() if len(preds) else torch.tensor(float("nan"))
-        return {"tpr": tpr, "fpr": fpr, "threshold": thr.double(), "unlabelled": unlabelled}
-
-
-class MulticlassOperatingPoint(_OperatingPointMixin, MulticlassSensitivityAtSpecificity):
-    """One-vs-rest operating point per class of a multi-class target."""
-
-    def _op_targets(self, target: torch.Tensor, n: int) -> torch.Tensor:
-        return torch.nn.functional.one_hot(target.long(), n)
-
-
-class MultilabelOperatingPoint(_OperatingPointMixin, MultilabelSensitivityAtSpecificity):
-    """Operating point per class of a multi-label target (missing labels are neither)."""
-
-    def _op_targets(self, target: torch.Tensor, n: int) -> torch.Tensor:
-        return target
 
 
 class TaskMetrics(nn.Module):
@@ -188,14 +110,14 @@ class TaskMetrics(nn.Module):
             self.bin_ece = nn.ModuleList(BinaryCalibrationError(n_bins=calibration_bins, ignore_index=MISSING) for _ in range(n))
         mc = [t for t in task.targets if t.kind in ("multiclass", "ordinal")]
         self.mc_names = [t.name for t in mc]
-        self.mc_confmat = nn.ModuleDict({t.name: MulticlassConfusionMatrix(num_classes=t.n_classes, ignore_index=MISSING) for t in mc})
-        self.mc_auroc = nn.ModuleDict({t.name: MulticlassAUROC(num_classes=t.n_classes, average=None, ignore_index=MISSING)
+        self.mc_confmat = TargetModuleDict({t.name: MulticlassConfusionMatrix(num_classes=t.n_classes, ignore_index=MISSING) for t in mc})
+        self.mc_auroc = TargetModuleDict({t.name: MulticlassAUROC(num_classes=t.n_classes, average=None, ignore_index=MISSING)
                                        for t in mc}) if auroc else None
-        self.mc_ece = nn.ModuleDict({t.name: MulticlassCalibrationError(num_classes=t.n_classes, n_bins=calibration_bins,
+        self.mc_ece = TargetModuleDict({t.name: MulticlassCalibrationError(num_classes=t.n_classes, n_bins=calibration_bins,
                                                                         ignore_index=MISSING) for t in mc}) if auroc else None
-        self.age_mae = nn.ModuleDict({t.name: MeanAbsoluteError() for t in mc if t.kind == "ordinal" and t.bin_edges is not None})
+        self.age_mae = TargetModuleDict({t.name: MeanAbsoluteError() for t in mc if t.kind == "ordinal" and t.bin_edges is not None})
         spec = 1.0 - operating_fpr
-        self.op_point = nn.ModuleDict()
+        self.op_point = TargetModuleDict()
         if auroc:
             for t in task.targets:
                 if t.kind == "multiclass":
@@ -203,9 +125,9 @@ class TaskMetrics(nn.Module):
                 elif t.kind == "multilabel":
                     self.op_point[t.name] = MultilabelOperatingPoint(num_labels=t.n_classes, min_specificity=spec, ignore_index=MISSING)
         voted = [t for t in task.targets if t.has_votes and t.kind != "multilabel"]
-        self.kappa_raters = nn.ModuleDict({t.name: FleissKappa(len(t.vote_columns)) for t in voted})
-        self.kappa_with_model = nn.ModuleDict({t.name: FleissKappa(len(t.vote_columns)) for t in voted})
-        self.rater_agreement = nn.ModuleDict({t.name: RaterAgreement(len(t.vote_columns)) for t in voted})
+        self.kappa_raters = TargetModuleDict({t.name: FleissKappa(len(t.vote_columns)) for t in voted})
+        self.kappa_with_model = TargetModuleDict({t.name: FleissKappa(len(t.vote_columns)) for t in voted})
+        self.rater_agreement = TargetModuleDict({t.name: RaterAgreement(len(t.vote_columns)) for t in voted})
 
     # -- helpers ----------------------------------------------------------------------------------
     def thresholds(self, i: int = 0) -> torch.Tensor:
@@ -282,15 +204,15 @@ class TaskMetrics(nn.Module):
             st = self.bin_stats[key].compute().double().cpu()    # [L, 5]: tp, fp, tn, fn, support
             tp, fp, tn, fn = st[:, 0], st[:, 1], st[:, 2], st[:, 3]
             n = tp + fp + tn + fn
-            po = _ratio(tp + tn, n)
-            pe = _ratio((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
-            vals.update({f"accuracy{suffix}": po, f"balanced_accuracy{suffix}": (_ratio(tp, tp + fn) + _ratio(tn, tn + fp)) / 2,
-                         f"precision{suffix}": _ratio(tp, tp + fp), f"recall{suffix}": _ratio(tp, tp + fn),
-                         f"f1{suffix}": _ratio(2 * tp, 2 * tp + fp + fn), f"cohen_kappa{suffix}": _ratio(po - pe, 1 - pe)})
+            po = nan_divide(tp + tn, n)
+            pe = nan_divide((tp + fp) * (tp + fn) + (tn + fn) * (tn + fp), n * n)
+            vals.update({f"accuracy{suffix}": po, f"balanced_accuracy{suffix}": (nan_divide(tp, tp + fn) + nan_divide(tn, tn + fp)) / 2,
+                         f"precision{suffix}": nan_divide(tp, tp + fp), f"recall{suffix}": nan_divide(tp, tp + fn),
+                         f"f1{suffix}": nan_divide(2 * tp, 2 * tp + fp + fn), f"cohen_kappa{suffix}": nan_divide(po - pe, 1 - pe)})
             if suffix:
                 vals[f"threshold{suffix}"] = self.thresholds(i).double().cpu()
             else:
-                vals["positive_rate"] = _ratio(tp + fn, n)
+                vals["positive_rate"] = nan_divide(tp + fn, n)
                 if self.with_auroc:
                     nan = torch.full_like(tp, float("nan"))
                     has_both = (tp + fn > 0) & (tn + fp > 0)
@@ -305,7 +227,7 @@ class TaskMetrics(nn.Module):
         cm = self.mc_confmat[t.name].compute().double().cpu()      # [C, C]: rows true, columns predicted
         support, predicted, tp = cm.sum(1), cm.sum(0), torch.diagonal(cm)
         total = float(support.sum())
-        precision, recall = _ratio(tp, predicted), _ratio(tp, support)
+        precision, recall = nan_divide(tp, predicted), nan_divide(tp, support)
         present = (support > 0) | (predicted > 0)
         vals: dict[str, float] = {
             "accuracy": float(tp.sum()) / total if total else math.nan,
@@ -313,7 +235,7 @@ class TaskMetrics(nn.Module):
             "mean_class_precision": float(torch.nan_to_num(precision, nan=0.0)[present].mean()) if total else math.nan,
             "cohen_kappa": kappa_from_confusion(cm)}
         per_class: dict[str, torch.Tensor] = {"precision": precision, "recall": recall,
-                                               "f1": _ratio(2 * tp, support + predicted), "support": support}
+                                               "f1": nan_divide(2 * tp, support + predicted), "support": support}
         if t.kind == "ordinal":
             dist = (torch.arange(t.n_classes)[:, None] - torch.arange(t.n_classes)[None, :]).abs().double()
             vals["accuracy_within_1"] = float((cm * (dist <= 1)).sum()) / total if total else math.nan
@@ -380,51 +302,6 @@ class TaskMetrics(nn.Module):
                 m.reset()
 
 
-def summarize(rows: pd.DataFrame, task: TaskSpec | None = None) -> dict[str, float]:
-    """``mean_<metric>`` over targets of the :data:`SUMMARY_METRICS`: target-level rows (class
-    ``""``) and the per-class rows of multi-label targets (each class is a 0/1 output)."""
-    if rows.empty:
-        return {}
-    multilabel = {t.name for t in task.targets if t.kind == "multilabel"} if task is not None else set()
-    level = (rows["class"].fillna("").astype(str) == "") | rows["target"].isin(multilabel)
-    sel = rows[level & rows["metric"].isin(SUMMARY_METRICS)]
-    means = sel.groupby("metric")["value"].mean()
-    return {f"mean_{m}": float(v) for m, v in means.items() if not math.isnan(v)}
-
-
-def tune_thresholds(task: TaskSpec, probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
-                    criterion: str = "balanced_accuracy") -> np.ndarray:
-    """Per binary / multi-label column, the threshold maximising ``criterion`` on these predictions.
-
-    Both criteria are linear in ROC space, so the optimum is a vertex of the ROC curve
-    (``sklearn.metrics.roc_curve``); the threshold returned is the midpoint between the score
-    at that vertex and the next lower score (so it separates the same samples and transfers
-    better to new ones). Among equally good vertices the one nearest 0.5 wins. A column whose
-    labels hold a single class keeps 0.5.
-    """
-    from sklearn.metrics import roc_curve
-
-    if criterion not in THRESHOLD_CRITERIA:
-        raise ValueError(f"threshold criterion {criterion!r} is not one of {THRESHOLD_CRITERIA}")
-    logit_cols, label_cols = task.binary_columns()
-    p_all, y_all = np.asarray(probs, dtype=np.float64), np.asarray(labels)
-    out = np.full(len(logit_cols), 0.5)
-    for j, (lc, yc) in enumerate(zip(logit_cols, label_cols)):
-        keep = y_all[:, yc] >= 0
-        y, p = y_all[keep, yc], p_all[keep, lc]
-        n_pos, n_neg = int((y == 1).sum()), int((y == 0).sum())
-        if n_pos == 0 or n_neg == 0:
-            continue
-        fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
-        score = (tpr + 1 - fpr) / 2 if criterion == "balanced_accuracy" else (tpr * n_pos + (1 - fpr) * n_neg) / (n_pos + n_neg)
-        below = np.append(thr[1:], 0.0)                    # next lower score (0 below the lowest)
-        above = np.where(np.isinf(thr), 1.0, thr)
-        cand = np.where(np.isinf(thr), (1.0 + thr[min(1, len(thr) - 1)]) / 2, (above + below) / 2)
-        best = np.flatnonzero(np.isclose(score, score.max(), rtol=0, atol=1e-12))
-        out[j] = float(cand[best[np.argmin(np.abs(cand[best] - 0.5))]])
-    return out
-
-
 def evaluate(task: TaskSpec, probs: np.ndarray | torch.Tensor, labels: np.ndarray | torch.Tensor,
              threshold: float | np.ndarray = 0.5, chunk: int = 4096, *,
              tuned_thresholds: np.ndarray | None = None, votes: Mapping[str, np.ndarray] | None = None,
@@ -454,20 +331,3 @@ def evaluate(task: TaskSpec, probs: np.ndarray | torch.Tensor, labels: np.ndarra
                        ages=({k: v[sl] for k, v in ages_t.items()} if isinstance(ages_t, dict) else
                              None if ages_t is None else ages_t[sl]))
     return pd.DataFrame(metrics.compute(), columns=COLUMNS)
-
-
-def votes_of(arrays: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The ``votes/<target>`` arrays of a predictions record, by target name."""
-    return {k.split("/", 1)[1]: v for k, v in arrays.items() if k.startswith("votes/")}
-
-
-def ages_of(arrays: Mapping[str, np.ndarray], task: TaskSpec) -> dict[str, np.ndarray]:
-    """Exact ages of a predictions record per binned ordinal target: ``age/<target>``, else ``age``."""
-    out = {}
-    for t in task.targets:
-        if t.kind == "ordinal" and t.bin_edges is not None:
-            a = arrays.get(f"age/{t.name}", arrays.get("age"))
-            if a is not None:
-                out[t.name] = np.asarray(a, dtype=np.float64)
-    return out
-

@@ -1,5 +1,7 @@
 """SynthFaces written in the on-disk format of every dataset facebench reads, so that each loader is
-tested on real files (``facebench synth --format NAME``).
+tested on real files (``facebench synth --format NAME``): CelebA's official layout (``write_celeba``,
+also the cache of the ``synthfaces`` datamodule), LFWA, FER2013, FER+, UTKFace, FAD-style multi-rater
+labels and a VV-style folder.
 
 ``WRITERS[name](data, out_dir, overwrite=False) -> Path`` writes atomically (a temporary sibling
 folder renamed into place). Targets that SynthFaces does not render are derived from its attributes,
@@ -15,7 +17,7 @@ identities and raters in a fixed, documented way:
   40-80 otherwise, plus a per-image offset of -2..+2 years;
 * **race** (UTKFace; FAD's ethnicity): skin-luminance buckets of the identity (mean cheek colour over its
   images): lightest 40% -> 0 "white", next 20% -> 2 "asian", next 10% -> 4 "others", next 15% -> 3
-  "indian", darkest 15% -> 1 "black". A synthetic stand-in, not ethnicity;
+  "indian", darkest 15% -> 1 "black". A made-up stand-in, not ethnicity;
 * **FAD traits** (multirater): gender (Male), age (Young -> young / elder), makeup (Heavy_Makeup),
   hair_color (Blond_Hair or Gray_Hair -> bright, else dark), emotion (Smiling -> joy / other),
   chubby (Chubby), ethnicity (race 0 -> white, else other; raters err 3%), each rater's label from
@@ -25,16 +27,21 @@ identities and raters in a fixed, documented way:
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+import uuid
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import yaml
 from PIL import Image
 
-from datamodules.fer import FER2013_EMOTIONS, FERPLUS_EMOTIONS, FERPLUS_VOTE_COLUMNS
-from datamodules.synthetic import SynthFacesData, atomic_output, identity_split, write_celeba
 from datamodules.core.tasks import age_bins
+from datamodules.fer import FER2013_EMOTIONS, FERPLUS_EMOTIONS, FERPLUS_VOTE_COLUMNS
+from datamodules.synthfaces.config import SynthFacesData
+from datamodules.synthfaces.generate import identity_split
 from datamodules.utkface import AGE_BINS
 
 SYNTH_STREAM = 4242          # seeds of the derivations below: [config.seed, SYNTH_STREAM, purpose]
@@ -42,6 +49,96 @@ P_UNKNOWN, P_NOT_A_FACE = 0.03, 0.01
 RACE_BUCKETS = ((0.40, 0), (0.60, 2), (0.70, 4), (0.85, 3), (1.01, 1))   # cumulative share (light -> dark), code
 FER_USAGE = ("Training", "PublicTest", "PrivateTest")
 FERPLUS_FOLDER_OF = ("FER2013Train", "FER2013Valid", "FER2013Test")
+
+
+# ---------------------------------------------------------------------------------------------
+# CelebA's layout, and the atomic output folder every writer uses
+# ---------------------------------------------------------------------------------------------
+
+
+def _landmark_lines(names: list[str], lm5: np.ndarray) -> list[str]:
+    header = "lefteye_x lefteye_y righteye_x righteye_y nose_x nose_y leftmouth_x leftmouth_y rightmouth_x rightmouth_y"
+    vals = np.rint(lm5.reshape(len(names), 10)).astype(int)
+    return [str(len(names)), header] + [name + "".join(f"{v:5d}" for v in row) for name, row in zip(names, vals)]
+
+
+def write_lines(path: Path, lines: Sequence[str]) -> None:
+    """``lines`` joined by LF with a final LF (UTF-8)."""
+    with open(path, "w", encoding="utf-8", newline="\n") as fh:
+        fh.write("\n".join(lines) + "\n")
+
+
+@contextmanager
+def atomic_output(out_dir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
+    """A temporary sibling folder, renamed to ``out_dir`` when the block succeeds."""
+    out = Path(out_dir).absolute()
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not overwrite)):
+        raise FileExistsError(f"{out} exists (pass overwrite=True to replace it)")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp.chmod(0o755)
+        yield tmp
+        if out.exists():
+            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
+            out.rename(trash)
+            tmp.rename(out)
+            shutil.rmtree(trash, ignore_errors=True)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_celeba(data: SynthFacesData, out_dir: str | os.PathLike, split_fractions: Sequence[float] = (0.8, 0.1, 0.1),
+                 *, overwrite: bool = False) -> Path:
+    """Write CelebA's official on-disk layout (see the formats below); returns the final directory.
+
+    ``img_align_celeba/000001.jpg`` (JPEG q95), ``list_attr_celeba.txt`` (count; names line with
+    the official trailing space; rows of width-2 ``-1``/`` 1`` values), ``list_eval_partition.txt``
+    (identity-disjoint, seeded), ``identity_CelebA.txt`` (1-based ids),
+    ``list_landmarks_align_celeba.txt``, ``rater_votes.csv`` (``image,rater,<attrs>``; rater is the
+    0-based column of ``rater_votes``) and, with wild images, ``img_celeba/``,
+    ``list_bbox_celeba.txt`` and ``list_landmarks_celeba.txt``.  LF line endings.  Everything is
+    written to a temporary sibling directory renamed into place at the end; an existing non-empty
+    ``out_dir`` is an error unless ``overwrite``.
+    """
+    with atomic_output(out_dir, overwrite) as tmp:
+        n = len(data)
+        width = max(6, len(str(n)))
+        names = [f"{i + 1:0{width}d}.jpg" for i in range(n)]
+        (tmp / "img_align_celeba").mkdir()
+        for name, im in zip(names, data.images):
+            Image.fromarray(im).save(tmp / "img_align_celeba" / name, quality=95)
+        attrs = data.attribute_names
+        rows = [name + " " + " ".join(f"{v:2d}" for v in row)
+                for name, row in zip(names, data.attributes.astype(int) * 2 - 1)]
+        write_lines(tmp / "list_attr_celeba.txt", [str(n), " ".join(attrs) + " "] + rows)
+        part = identity_split(data.identity, data.config.seed, split_fractions)
+        write_lines(tmp / "list_eval_partition.txt", [f"{a} {b}" for a, b in zip(names, part)])
+        write_lines(tmp / "identity_CelebA.txt", [f"{a} {b + 1}" for a, b in zip(names, data.identity)])
+        write_lines(tmp / "list_landmarks_align_celeba.txt", _landmark_lines(names, data.landmarks5))
+        votes = data.rater_votes
+        csv = ["image,rater," + ",".join(attrs)]
+        for i, name in enumerate(names):
+            for r in range(votes.shape[2]):
+                csv.append(f"{name},{r}," + ",".join(str(int(v)) for v in votes[i, :, r]))
+        write_lines(tmp / "rater_votes.csv", csv)
+        if data.wild_images is not None:
+            (tmp / "img_celeba").mkdir()
+            for name, im in zip(names, data.wild_images):
+                Image.fromarray(im).save(tmp / "img_celeba" / name, quality=95)
+            boxes = np.rint(data.wild_boxes).astype(int)
+            write_lines(tmp / "list_bbox_celeba.txt", [str(n), "image_id x_1 y_1 width height"] + [
+                f"{name}{x:6d}{y:4d}{w:4d}{h:4d}" for name, (x, y, w, h) in zip(names, boxes)])
+            write_lines(tmp / "list_landmarks_celeba.txt", _landmark_lines(names, data.wild_landmarks5))
+    return Path(out_dir).absolute()
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets SynthFaces does not render, derived from its attributes, identities and raters
+# ---------------------------------------------------------------------------------------------
 
 
 def _rng(data: SynthFacesData, purpose: int) -> np.random.Generator:
@@ -103,14 +200,11 @@ def _names(n: int, ext: str = ".jpg") -> list[str]:
     return [f"{i + 1:0{width}d}{ext}" for i in range(n)]
 
 
-def _write_text(path: Path, lines: Sequence[str]) -> None:
-    with open(path, "w", encoding="utf-8", newline="\n") as f:
-        f.write("\n".join(lines) + "\n")
+# ---------------------------------------------------------------------------------------------
+# The other datasets' layouts
+# ---------------------------------------------------------------------------------------------
 
 
-# ------------------------------------------------------------------------------------------------
-# writers
-# ------------------------------------------------------------------------------------------------
 def write_lfwa(data: SynthFacesData, out_dir: str | os.PathLike, overwrite: bool = False, *, values: str = "pm1",
                grayscale_every: int = 7, split_fractions: Sequence[float] = (0.4765, 0.0, 0.5235)) -> Path:
     """``lfw/<Name>/<Name>_NNNN.jpg`` (every ``grayscale_every``-th image grayscale, as some LFW images
@@ -133,8 +227,8 @@ def write_lfwa(data: SynthFacesData, out_dir: str | os.PathLike, overwrite: bool
             vals = data.attributes[i].astype(int) * 2 - 1 if values == "pm1" else data.attributes[i].astype(int)
             rows.append(f"{person}/{name}," + ",".join(str(v) for v in vals))
             split_rows.append(f"{name},{('train', 'val', 'test')[part[i]]}")
-        _write_text(tmp / "lfwa_attributes.csv", ["image," + ",".join(data.attribute_names)] + rows)
-        _write_text(tmp / "lfwa_split.csv", ["image,split"] + split_rows)
+        write_lines(tmp / "lfwa_attributes.csv", ["image," + ",".join(data.attribute_names)] + rows)
+        write_lines(tmp / "lfwa_split.csv", ["image,split"] + split_rows)
     return Path(out_dir).absolute()
 
 
@@ -144,7 +238,7 @@ def write_fer2013(data: SynthFacesData, out_dir: str | os.PathLike, overwrite: b
     part = identity_split(data.identity, data.config.seed, split_fractions)
     emotion = emotion_of(data)
     with atomic_output(out_dir, overwrite) as tmp:
-        _write_text(tmp / "fer2013.csv", _fer2013_rows(data, emotion, part))
+        write_lines(tmp / "fer2013.csv", _fer2013_rows(data, emotion, part))
     return Path(out_dir).absolute()
 
 
@@ -191,9 +285,9 @@ def write_ferplus(data: SynthFacesData, out_dir: str | os.PathLike, overwrite: b
             new_rows.append(f"{FER_USAGE[p]},{name},{v}")
         for p, rows in labels.items():
             (tmp / FERPLUS_FOLDER_OF[p]).mkdir(exist_ok=True)
-            _write_text(tmp / FERPLUS_FOLDER_OF[p] / "label.csv", rows)
-        _write_text(tmp / "fer2013new.csv", new_rows)
-        _write_text(tmp / "fer2013.csv", _fer2013_rows(data, emotion_of(data), part))
+            write_lines(tmp / FERPLUS_FOLDER_OF[p] / "label.csv", rows)
+        write_lines(tmp / "fer2013new.csv", new_rows)
+        write_lines(tmp / "fer2013.csv", _fer2013_rows(data, emotion_of(data), part))
     return Path(out_dir).absolute()
 
 
@@ -245,8 +339,8 @@ def write_multirater(data: SynthFacesData, out_dir: str | os.PathLike, overwrite
         else:
             rows = ["image,rater,trait,label"]
             rows += [f"images/{name},r{k},{t},{labels[t][k][i]}" for i, name in enumerate(names) for k in range(r) for t in traits]
-        _write_text(tmp / "ratings.csv", rows)
-        _write_text(tmp / "images.csv", ["image,identity"] + [f"images/{n},person{int(i):04d}" for n, i in zip(names, data.identity)])
+        write_lines(tmp / "ratings.csv", rows)
+        write_lines(tmp / "images.csv", ["image,identity"] + [f"images/{n},person{int(i):04d}" for n, i in zip(names, data.identity)])
     return Path(out_dir).absolute()
 
 
@@ -272,7 +366,7 @@ def write_folder(data: SynthFacesData, out_dir: str | os.PathLike, overwrite: bo
             rows.append(f"images/{name},{FER2013_EMOTIONS[emotion[i]]},{ages[i]},"
                         f"{'male' if _column(data, 'Male')[i] else 'female'},{int(_column(data, 'Eyeglasses')[i])},"
                         f"{beard[i]},person{int(data.identity[i]):04d}")
-        _write_text(tmp / "labels.csv", rows)
+        write_lines(tmp / "labels.csv", rows)
         (tmp / "targets.yaml").write_text(yaml.safe_dump({"targets": targets}, sort_keys=False))
     return Path(out_dir).absolute()
 
@@ -282,5 +376,3 @@ WRITERS: dict[str, Callable[..., Path]] = {
     "celeba": write_celeba, "lfwa": write_lfwa, "fer2013": write_fer2013, "ferplus": write_ferplus,
     "utkface": write_utkface, "multirater": write_multirater, "folder": write_folder,
 }
-
-__all__ = ["WRITERS", "atomic_output", "emotion_of", "synth_ages", "synth_race", "ferplus_votes"]

@@ -1,0 +1,215 @@
+"""The cross-suite leaderboard (``facebench report --all``): every method on every dataset in one
+table, from the committed records only.
+
+Input: each suite's committed ``results/<suite>/leaderboard.csv`` (one row per method, dataset,
+split, seed, target) and ``leaderboard_info.json``; the suite files in ``benchmarks/suites/`` for
+the notes (a method's or dataset's ``description``) and for which published row a method
+corresponds to (a method's ``reported: {paper: ..., method: ...}``); ``results/paper_reported.csv``
+for the published values.
+
+Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
+``results/LEADERBOARD.md`` (one table per dataset, best mean accuracy first). Per row:
+
+* the headline metrics on the test split, each the mean over the dataset's targets for one seed,
+  then the mean over seeds with a 95% Student-t interval (``± half-width``; one seed: no interval);
+* the settings: input size and channels, epochs trained, training images, parameters, forward
+  FLOPs per image, targets, seeds;
+* where the suite names the published row and the paper reports the same dataset: the paper's
+  value (its mean over the same targets), with the scale of both trainings in a note;
+* where the data has rater votes: the human ceiling (a rater against the majority of the other
+  raters, ``rater_accuracy_loo``) and the model's gap to it.
+
+Both files depend only on their inputs (no time stamps), so rebuilding them from the same records
+gives the same bytes.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from benchmarks.provenance import REPO_ROOT
+from benchmarks.stats import seed_summary
+from benchmarks.suite import SUITES_DIR
+from benchmarks.tables import load_reported
+from datamodules.core.io import read_json, write_csv, write_text
+
+HEADLINE = ("accuracy", "balanced_accuracy", "auroc")
+SETTINGS = ("method_name", "datamodule", "input_size", "input_channels", "epochs", "train_samples", "params",
+            "flops_per_image", "n_targets")
+#: Training images of the full datasets the papers report on (official training splits).
+FULL_TRAINING_IMAGES: dict[str, int] = {"celeba": 162_770, "lfwa": 6_263, "ferplus": 28_558, "fer2013": 28_709}
+
+
+def suite_notes(suite_name: str) -> dict[str, Any]:
+    """Method and dataset descriptions and ``reported`` links of a suite file (empty if absent)."""
+    path = SUITES_DIR / f"{suite_name}.yaml"
+    if not path.is_file():
+        return {"methods": {}, "datasets": {}}
+    raw = yaml.safe_load(path.read_text()) or {}
+    return {"methods": raw.get("methods") or {}, "datasets": raw.get("datasets") or {}}
+
+
+def _target_rows(board: pd.DataFrame) -> pd.DataFrame:
+    """Test rows at target level: one per target (and per class of a multi-label target)."""
+    test = board[board["split"] == "test"].copy()
+    test["class"] = test["class"].fillna("").astype(str)
+    has_accuracy = test["accuracy"].notna() if "accuracy" in test else pd.Series(False, index=test.index)
+    return test[(test["class"] == "") | has_accuracy]
+
+
+def _fmt(mean: float, low: float, high: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return ""
+    text = f"{100 * mean:.2f}"
+    if not (isinstance(low, float) and math.isnan(low)):
+        text += f" ± {100 * (high - mean):.2f}"
+    return text
+
+
+def paper_value(reported: pd.DataFrame, link: dict[str, str] | None, datamodule: str, targets: list[str],
+                metric: str = "accuracy") -> tuple[float, int]:
+    """The paper's mean over ``targets`` of ``metric`` for the linked published row, and how many
+    of the targets it reports (NaN, 0 when it reports none of them)."""
+    if not link or reported.empty:
+        return math.nan, 0
+    rows = reported[(reported["paper"] == link.get("paper")) & (reported["method"] == link.get("method"))
+                    & (reported["dataset"] == datamodule) & (reported["metric"] == metric)]
+    values = rows.set_index("attribute")["value"]
+    found = [float(values[t]) for t in targets if t in values.index]
+    if len(found) != len(targets):
+        if "Average" in values.index and len(targets) >= 40:
+            return float(values["Average"]), len(targets)
+        return (float(np.mean(found)), len(found)) if found else (math.nan, 0)
+    return float(np.mean(found)), len(found)
+
+
+def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
+    """One leaderboard row per (dataset, method) of one suite's committed ``leaderboard.csv``."""
+    board = pd.read_csv(suite_dir / "leaderboard.csv", keep_default_na=False, na_values=["nan", "NaN", ""])
+    info = read_json(suite_dir / "leaderboard_info.json", {}) or {}
+    suite = info.get("suite") or suite_dir.name
+    notes = suite_notes(suite)
+    rows = []
+    targets = _target_rows(board)
+    for (dataset, method), grp in targets.groupby(["dataset", "method"], sort=True):
+        per_seed = grp.groupby("seed")[[m for m in HEADLINE if m in grp.columns]].mean()
+        row: dict[str, Any] = {"suite": suite, "dataset": dataset, "method": method}
+        for metric in HEADLINE:
+            if metric not in per_seed:
+                continue
+            s = seed_summary(per_seed[metric])
+            row[f"{metric}"] = s["mean"]
+            row[f"{metric}_ci95"] = (s["ci95_high"] - s["mean"]) if s["seeds"] > 1 else math.nan
+            row["seeds"] = int(s["seeds"])
+        if "rater_accuracy_loo" in grp and grp["rater_accuracy_loo"].notna().any():
+            ceiling = float(grp.groupby("seed")["rater_accuracy_loo"].mean().mean())
+            row["human_ceiling"] = ceiling
+            row["gap_to_human"] = row["accuracy"] - ceiling
+        first = grp.iloc[0]
+        for key in SETTINGS:
+            if key in grp:
+                row[key] = first[key] if key not in ("epochs", "train_samples") else grp.groupby("seed")[key].first().max()
+        method_cfg = notes["methods"].get(method, {}) or {}
+        dataset_cfg = notes["datasets"].get(dataset, {}) or {}
+        row["note"] = "; ".join(x for x in (method_cfg.get("description"), dataset_cfg.get("description")) if x)
+        target_names = sorted(grp["attribute"].unique().tolist())
+        value, n = paper_value(reported, method_cfg.get("reported"), str(row.get("datamodule", dataset)), target_names)
+        row["paper_accuracy"] = value
+        if n:
+            full = FULL_TRAINING_IMAGES.get(str(row.get("datamodule")))
+            link = method_cfg["reported"]
+            scale = f"{int(row.get('train_samples', 0)):,} training images vs the paper's {full:,}" if full else ""
+            row["paper"] = f"{link['method']} ({link['paper']}, mean of {n} targets)" + (f"; {scale}" if scale else "")
+        else:
+            row["paper"] = ""
+        rows.append(row)
+    return rows
+
+
+def build_cross_suite(results_root: str | Path | None = None, reported_path: str | Path | None = None) -> pd.DataFrame:
+    """The cross-suite table from every ``<results_root>/<suite>/leaderboard.csv``."""
+    root = Path(results_root) if results_root else REPO_ROOT / "results"
+    reported = load_reported(reported_path) if reported_path else load_reported()
+    rows: list[dict[str, Any]] = []
+    for suite_dir in sorted(p.parent for p in root.glob("*/leaderboard.csv")):
+        rows += suite_rows(suite_dir, reported)
+    if not rows:
+        return pd.DataFrame()
+    df = pd.DataFrame(rows)
+    order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", "human_ceiling",
+             "gap_to_human", *SETTINGS, "paper_accuracy", "paper", "note"]
+    df = df[[c for c in order if c in df.columns]]
+    return df.sort_values(["suite", "dataset", "accuracy", "method"], ascending=[True, True, False, True]).reset_index(drop=True)
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """``LEADERBOARD.md``: one table per (suite, dataset), best mean accuracy first."""
+    lines = ["# facebench leaderboard", "",
+             "Built by `facebench report --all` from the committed `results/<suite>/leaderboard.csv` files (test split).",
+             "Accuracy, balanced accuracy and AUROC are means over the dataset's targets, in percent: the mean over",
+             "seeds ± the half-width of its 95% Student-t interval. Paper: the published value of the same method on",
+             "the full dataset (mean over the same targets), where the suite links one; the scale note says how much",
+             "less data the CPU suites train on. Synthetic-data suites test the code; they are not evidence about a paper.",
+             ""]
+    for (suite, dataset), grp in df.groupby(["suite", "dataset"], sort=True):
+        lines += [f"## {dataset} (suite `{suite}`, `results/{suite}/leaderboard.csv`)", ""]
+        human = "human_ceiling" in grp and grp["human_ceiling"].notna().any()
+        head = ["method", "accuracy", "balanced acc.", "AUROC", "seeds"] + (["human ceiling", "gap"] if human else []) + \
+               ["input", "epochs", "train images", "params (M)", "GFLOPs", "paper", "note"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + "|"]
+        for _, r in grp.iterrows():
+            cells = [f"`{r['method']}`", _fmt(r.get("accuracy"), _low(r, "accuracy"), _high(r, "accuracy")),
+                     _fmt(r.get("balanced_accuracy"), _low(r, "balanced_accuracy"), _high(r, "balanced_accuracy")),
+                     _fmt(r.get("auroc"), _low(r, "auroc"), _high(r, "auroc")), str(int(r.get("seeds", 0)))]
+            if human:
+                cells += [_pct(r.get("human_ceiling")), _pct(r.get("gap_to_human"), signed=True)]
+            size = r.get("input_size")
+            cells += [f"{int(r['input_channels'])}x{int(size)}x{int(size)}" if _num(size) else "",
+                      str(int(r["epochs"])) if _num(r.get("epochs")) else "",
+                      f"{int(r['train_samples']):,}" if _num(r.get("train_samples")) else "",
+                      f"{r['params'] / 1e6:.2f}" if _num(r.get("params")) else "",
+                      f"{r['flops_per_image'] / 1e9:.3f}" if _num(r.get("flops_per_image")) and r["flops_per_image"] >= 0 else "",
+                      (f"{100 * r['paper_accuracy']:.2f}: {r['paper']}" if _num(r.get("paper_accuracy")) else ""),
+                      str(r.get("note") or "")]
+            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _num(v: Any) -> bool:
+    return v is not None and not (isinstance(v, float) and math.isnan(v)) and v != ""
+
+
+def _low(r: pd.Series, metric: str) -> float:
+    half = r.get(f"{metric}_ci95")
+    return r[metric] - half if _num(half) else math.nan
+
+
+def _high(r: pd.Series, metric: str) -> float:
+    half = r.get(f"{metric}_ci95")
+    return r[metric] + half if _num(half) else math.nan
+
+
+def _pct(v: Any, signed: bool = False) -> str:
+    if not _num(v):
+        return ""
+    return f"{100 * v:+.2f}" if signed else f"{100 * v:.2f}"
+
+
+def write_cross_suite(results_root: str | Path | None = None) -> tuple[Path, Path] | None:
+    """Write ``leaderboard.csv`` and ``LEADERBOARD.md`` into ``results_root`` (default ``results/``)."""
+    root = Path(results_root) if results_root else REPO_ROOT / "results"
+    df = build_cross_suite(root)
+    if df.empty:
+        print(f"[facebench] no committed leaderboard.csv under {root}")
+        return None
+    csv_path = write_csv(root / "leaderboard.csv", df, float_format="%.6g")
+    md_path = write_text(root / "LEADERBOARD.md", to_markdown(df))
+    print(f"[facebench] {len(df)} rows -> {csv_path} and {md_path}")
+    return csv_path, md_path
