@@ -1,7 +1,7 @@
 """The ``facebench`` command.
 
     facebench run [SUITE] [--only PAT ...] [--shard i/n] [--force] [--strict] [--set key=value ...]
-    facebench report [RESULTS_DIR]
+    facebench report [RESULTS_DIR] | --all
     facebench synth --format celeba --out DIR --n N --seed S
     facebench inspect --dataset NAME --root DIR [--json] [--set key=value ...]
     facebench list {methods,datasets,suites,weightings} [--json]
@@ -46,6 +46,11 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from benchmarks.report import build_reports
     from benchmarks.suite import REPO_ROOT
+
+    if args.all:
+        from benchmarks.leaderboard import write_cross_suite
+
+        return 0 if write_cross_suite(REPO_ROOT / "results") else 1
 
     target = Path(args.results_dir)
     if not target.exists() and (REPO_ROOT / "results" / args.results_dir).exists():
@@ -124,6 +129,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_run)
     rp = sub.add_parser("report", help="rebuild leaderboards and tables from result records")
     rp.add_argument("results_dir", nargs="?", default="quick")
+    rp.add_argument("--all", action="store_true",
+                    help="the cross-suite leaderboard: results/LEADERBOARD.md and results/leaderboard.csv from every "
+                         "committed results/<suite>/leaderboard.csv")
     rp.set_defaults(func=cmd_report)
     s = sub.add_parser("synth", help="write SynthFaces in a dataset's on-disk format", add_help=False)
     s.set_defaults(func=None)

@@ -17,7 +17,12 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
 * where the suite names the published row and the paper reports the same dataset: the paper's
   value (its mean over the same targets), with the scale of both trainings in a note;
 * where the data has rater votes: the human ceiling (a rater against the majority of the other
-  raters, ``rater_accuracy_loo``) and the model's gap to it.
+  raters, ``rater_accuracy_loo``) and the model's gap to it;
+* where the suite names protected attributes (``subgroups``): the mean over targets of the
+  worst-group accuracy and of the equal-opportunity difference per protected attribute (from the
+  suite's committed ``subgroups.csv``);
+* what ``facebench inspect`` counted on the data (skipped files, cross-split duplicates, repeated
+  and conflicting rows, test items dropped by ``dedupe``), where the records carry it.
 
 Both files depend only on their inputs (no time stamps), so rebuilding them from the same records
 gives the same bytes.
@@ -42,6 +47,11 @@ from datamodules.core.io import read_json, write_csv, write_text
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc")
 SETTINGS = ("method_name", "datamodule", "input_size", "input_channels", "epochs", "train_samples", "params",
             "flops_per_image", "n_targets")
+#: What ``facebench inspect`` counted on the data a leaderboard was computed on (records' columns).
+DATA_CHECKS = ("data_skipped_files", "data_cross_split_duplicates", "data_repeated_rows", "data_conflicting_rows",
+               "data_dedupe_dropped")
+#: Subgroup aggregates carried into the cross-suite table, per protected attribute.
+SUBGROUP_AGGREGATES = ("worst_group_accuracy", "equal_opportunity_difference")
 #: Training images of the full datasets the papers report on (official training splits).
 FULL_TRAINING_IMAGES: dict[str, int] = {"celeba": 162_770, "lfwa": 6_263, "ferplus": 28_558, "fer2013": 28_709}
 
@@ -89,6 +99,20 @@ def paper_value(reported: pd.DataFrame, link: dict[str, str] | None, datamodule:
     return float(np.mean(found)), len(found)
 
 
+def subgroup_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, dict[str, float]]]:
+    """``{(dataset, method): {protected: {aggregate: mean over targets}}}`` from a suite's committed
+    ``subgroups.csv`` (seed means per target; empty when the suite has none)."""
+    path = suite_dir / "subgroups.csv"
+    if not path.is_file():
+        return {}
+    rows = pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])
+    rows = rows[(rows["group"].fillna("") == "") & rows["metric"].isin(SUBGROUP_AGGREGATES)]
+    out: dict[tuple[str, str], dict[str, dict[str, float]]] = {}
+    for (dataset, method, protected, metric), v in rows.groupby(["dataset", "method", "protected_attribute", "metric"])["value"]:
+        out.setdefault((dataset, method), {}).setdefault(protected, {})[metric] = float(v.mean())
+    return out
+
+
 def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     """One leaderboard row per (dataset, method) of one suite's committed ``leaderboard.csv``."""
     board = pd.read_csv(suite_dir / "leaderboard.csv", keep_default_na=False, na_values=["nan", "NaN", ""])
@@ -96,6 +120,7 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     suite = info.get("suite") or suite_dir.name
     notes = suite_notes(suite)
     rows = []
+    subgroup_means = subgroup_columns(suite_dir)
     targets = _target_rows(board)
     for (dataset, method), grp in targets.groupby(["dataset", "method"], sort=True):
         per_seed = grp.groupby("seed")[[m for m in HEADLINE if m in grp.columns]].mean()
@@ -118,6 +143,12 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
         method_cfg = notes["methods"].get(method, {}) or {}
         dataset_cfg = notes["datasets"].get(dataset, {}) or {}
         row["note"] = "; ".join(x for x in (method_cfg.get("description"), dataset_cfg.get("description")) if x)
+        for key in DATA_CHECKS:
+            if key in grp and grp[key].notna().any():
+                row[key] = grp[key].max()
+        for protected, values in subgroup_means.get((dataset, method), {}).items():
+            for metric, value in values.items():
+                row[f"{metric}[{protected}]"] = value
         target_names = sorted(grp["attribute"].unique().tolist())
         value, n = paper_value(reported, method_cfg.get("reported"), str(row.get("datamodule", dataset)), target_names)
         row["paper_accuracy"] = value
@@ -144,7 +175,8 @@ def build_cross_suite(results_root: str | Path | None = None, reported_path: str
     df = pd.DataFrame(rows)
     order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", "human_ceiling",
              "gap_to_human", *SETTINGS, "paper_accuracy", "paper", "note"]
-    df = df[[c for c in order if c in df.columns]]
+    extra = sorted(c for c in df.columns if c not in order)     # subgroup aggregates and data checks
+    df = df[[c for c in order if c in df.columns] + extra]
     return df.sort_values(["suite", "dataset", "accuracy", "method"], ascending=[True, True, False, True]).reset_index(drop=True)
 
 
@@ -160,7 +192,9 @@ def to_markdown(df: pd.DataFrame) -> str:
     for (suite, dataset), grp in df.groupby(["suite", "dataset"], sort=True):
         lines += [f"## {dataset} (suite `{suite}`, `results/{suite}/leaderboard.csv`)", ""]
         human = "human_ceiling" in grp and grp["human_ceiling"].notna().any()
+        fairness = [c for c in grp.columns if c.split("[")[0] in SUBGROUP_AGGREGATES and grp[c].notna().any()]
         head = ["method", "accuracy", "balanced acc.", "AUROC", "seeds"] + (["human ceiling", "gap"] if human else []) + \
+               [f"{'worst-group acc.' if c.startswith('worst') else 'EO diff.'} {c[c.index('['):]}" for c in fairness] + \
                ["input", "epochs", "train images", "params (M)", "GFLOPs", "paper", "note"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + "|"]
         for _, r in grp.iterrows():
@@ -169,6 +203,7 @@ def to_markdown(df: pd.DataFrame) -> str:
                      _fmt(r.get("auroc"), _low(r, "auroc"), _high(r, "auroc")), str(int(r.get("seeds", 0)))]
             if human:
                 cells += [_pct(r.get("human_ceiling")), _pct(r.get("gap_to_human"), signed=True)]
+            cells += [_pct(r.get(c)) for c in fairness]
             size = r.get("input_size")
             cells += [f"{int(r['input_channels'])}x{int(size)}x{int(size)}" if _num(size) else "",
                       str(int(r["epochs"])) if _num(r.get("epochs")) else "",

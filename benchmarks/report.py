@@ -80,11 +80,15 @@ def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | 
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(), "machine": machine()})
 
 
-def write_report_tables(metrics: pd.DataFrame, results_dir: Path) -> list[Path]:
-    """Comparison / agreement / confusion tables into ``results_dir/tables`` (with the papers' numbers)."""
+def write_report_tables(metrics: pd.DataFrame, results_dir: Path, suite_name: str | None = None) -> list[Path]:
+    """Comparison / agreement / confusion tables into ``results_dir/tables`` (with the papers' numbers
+    and the suite's ``target_subsets`` averages)."""
+    from benchmarks.leaderboard import suite_notes
     from benchmarks.tables import load_reported, write_tables
 
-    return write_tables(metrics, results_dir / "tables", reported=load_reported())
+    datasets = suite_notes(suite_name or results_dir.name)["datasets"]
+    subsets = {k: dict(v["target_subsets"]) for k, v in datasets.items() if (v or {}).get("target_subsets")}
+    return write_tables(metrics, results_dir / "tables", reported=load_reported(), subsets=subsets)
 
 
 def write_report_figures(results_dir: Path) -> list[Path]:
@@ -109,6 +113,15 @@ def write_statistics(board: pd.DataFrame, results_dir: Path, split: str = "test"
     return [write_csv(out / f"{name}.csv", df, float_format="%.6g") for name, df in tables.items() if not df.empty]
 
 
+def write_subgroup_tables(results_dir: Path, suite_name: str) -> list[Path]:
+    """Per-subgroup records and tables for the datasets whose suite entry names ``subgroups``
+    (:mod:`benchmarks.subgroup_report`)."""
+    from benchmarks.leaderboard import suite_notes
+    from benchmarks.subgroup_report import protected_attributes, write_subgroups
+
+    return write_subgroups(results_dir, protected_attributes(suite_notes(suite_name)["datasets"]))
+
+
 def print_summary(board: pd.DataFrame, results_dir: Path) -> None:
     table = summary_table(board)
     with pd.option_context("display.width", 160, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
@@ -128,8 +141,9 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
     write_leaderboard(board, results_dir, suite_name, command)
     written: list[Path] = []
     if tables:
-        written += write_report_tables(metrics, results_dir)
+        written += write_report_tables(metrics, results_dir, suite_name)
     written += write_statistics(board, results_dir)
+    written += write_subgroup_tables(results_dir, suite_name or results_dir.name)
     if figures:
         written += write_report_figures(results_dir)
     if written:

@@ -37,7 +37,7 @@ SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 SUITE_KEYS = {"name", "description", "results_dir", "seeds", "trainer", "early_stopping", "logging", "datasets",
               "methods", "matrix", "evaluation"}
-DATASET_KEYS = {"datamodule", "args", "description"}
+DATASET_KEYS = {"datamodule", "args", "description", "subgroups", "target_subsets"}
 METHOD_KEYS = {"method", "args", "trainer", "datamodule_args", "init_from", "grid", "datasets", "description",
                "early_stopping", "report", "reported"}
 MATRIX_KEYS = {"exclude"}

@@ -232,10 +232,17 @@ def _method_order(metrics: pd.DataFrame, means: pd.DataFrame, better: str | None
     return baselines + rest
 
 
-def seed_means(metrics: pd.DataFrame, dataset: str, metric: str, split: str = "test"
-               ) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
+def subset_label(name: str, n: int) -> str:
+    """The footer row of a named subset's average, e.g. ``Average (consistent 12)``."""
+    return f"{AVERAGE} ({name} {n})"
+
+
+def seed_means(metrics: pd.DataFrame, dataset: str, metric: str, split: str = "test",
+               subsets: dict[str, Sequence[str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(mean over seeds, std over seeds) with rows in task order and an ``Average`` row computed
-    per seed (mean over the rows a method has) then over seeds; and the row order."""
+    per seed (mean over the rows a method has) then over seeds; and the row order. ``subsets``
+    (``{name: [row, ...]}``) add one such average over each subset's rows that the table has
+    (:func:`subset_label`)."""
     sel = _select(metrics, dataset, metric, split)
     if sel.empty:
         return pd.DataFrame(), pd.DataFrame(), []
@@ -247,6 +254,15 @@ def seed_means(metrics: pd.DataFrame, dataset: str, metric: str, split: str = "t
     avg = per_seed.groupby(["method", "seed"]).mean()[complete]
     mean.loc[AVERAGE] = avg.groupby("method").mean()
     std.loc[AVERAGE] = avg.groupby("method").std(ddof=1)
+    for name, members in (subsets or {}).items():
+        keep = [r for r in rows if r in set(members)]
+        if not keep:
+            continue
+        part = per_seed[per_seed.index.get_level_values("row").isin(keep)]
+        done = part.groupby(["method", "seed"]).size() == len(keep)
+        sub = part.groupby(["method", "seed"]).mean()[done]
+        mean.loc[subset_label(name, len(keep))] = sub.groupby("method").mean()
+        std.loc[subset_label(name, len(keep))] = sub.groupby("method").std(ddof=1)
     return mean, std, rows
 
 
@@ -274,9 +290,12 @@ def reported_columns(reported: pd.DataFrame, dataset_names: Iterable[str], metri
 
 
 def comparison_table(metrics: pd.DataFrame, dataset: str, metric: str = "accuracy", split: str = "test",
-                     reported: pd.DataFrame | None = None) -> WideTable | None:
-    """Attributes x methods for one metric (see the module docstring); ``None`` without values."""
-    mean, std, rows = seed_means(metrics, dataset, metric, split)
+                     reported: pd.DataFrame | None = None,
+                     subsets: dict[str, Sequence[str]] | None = None) -> WideTable | None:
+    """Attributes x methods for one metric (see the module docstring); ``None`` without values.
+    ``subsets``: named target subsets that get their own average row (e.g. the label-consistent
+    attributes of a dataset, a suite's ``target_subsets``)."""
+    mean, std, rows = seed_means(metrics, dataset, metric, split, subsets)
     if mean.empty:
         return None
     better = "min" if lower_is_better(metric) else "max"
@@ -296,7 +315,8 @@ def comparison_table(metrics: pd.DataFrame, dataset: str, metric: str = "accurac
                          "papers' own data and splits; not re-run here.")
     mean.index.name = std.index.name = "attribute"
     title = f"{dataset}: {metric} ({split})"
-    return WideTable(title, mean, std, footer=[AVERAGE], better=better, notes=notes)
+    footer = [AVERAGE] + [r for r in mean.index if str(r).startswith(f"{AVERAGE} (")]
+    return WideTable(title, mean, std, footer=footer, better=better, notes=notes)
 
 
 #: Columns of the agreement table: label -> metrics (target-level and per-class rows share a column).
@@ -366,9 +386,11 @@ def _write_table(table: WideTable, stem: Path) -> list[Path]:
 
 
 def write_tables(metrics: pd.DataFrame, out_dir: str | Path, reported: pd.DataFrame | None = None,
-                 split: str = "test", table_metrics: Sequence[str] = TABLE_METRICS) -> list[Path]:
+                 split: str = "test", table_metrics: Sequence[str] = TABLE_METRICS,
+                 subsets: dict[str, dict[str, Sequence[str]]] | None = None) -> list[Path]:
     """Every comparison, agreement and confusion table of ``metrics`` as CSV + Markdown + HTML;
-    one HTML page per dataset holds all its tables."""
+    one HTML page per dataset holds all its tables. ``subsets``: ``{dataset: {name: [target, ...]}}``,
+    extra average rows per dataset."""
     out_dir = Path(out_dir)
     written: list[Path] = []
     if metrics.empty:
@@ -377,7 +399,7 @@ def write_tables(metrics: pd.DataFrame, out_dir: str | Path, reported: pd.DataFr
         tables: list[WideTable] = []
         present = sorted(set(metrics.loc[metrics["dataset"] == dataset, "metric"]))
         for metric in [m for base in table_metrics for m in present if m == base or m.startswith(f"{base}@")]:
-            t = comparison_table(metrics, dataset, metric, split, reported)
+            t = comparison_table(metrics, dataset, metric, split, reported, (subsets or {}).get(dataset))
             if t is not None:
                 tables.append(t)
                 written += _write_table(t, out_dir / f"{slug(dataset)}_{slug(metric)}")

@@ -165,7 +165,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
             set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
         from datamodules.formats import DatasetFormatError
 
-        if isinstance(exc, (DatasetFormatError, FileNotFoundError)):   # a data error: its one line (traceback in status.json)
+        if isinstance(exc, (DatasetFormatError, FileNotFoundError)):   # data errors: one line (traceback: status.json)
             print(f"[facebench] {cfg['run_id']}: {exc}", file=sys.stderr)
         else:
             traceback.print_exc()

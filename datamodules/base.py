@@ -142,7 +142,8 @@ class FaceDataModule(L.LightningDataModule):
         if verify_images not in ("header", "full", "none"):
             raise ValueError(f"verify_images must be 'header', 'full' or 'none', got {verify_images!r}")
         self.split_cfg = SplitConfig.from_value(split, SplitConfig.from_value(dict(self.default_split)))
-        self.duplicate_rows, self.dedupe, self.near_duplicates = duplicates.check_options(duplicate_rows, dedupe, near_duplicates)
+        self.duplicate_rows, self.dedupe, self.near_duplicates = duplicates.check_options(duplicate_rows, dedupe,
+                                                                                          near_duplicates)
         self.verify_images, self.landmark_provider, self.cache_dir = verify_images, landmark_provider, cache_dir
         self.preprocess_cfg = PreprocessConfig.from_value(preprocess)
         self._pixel_stats: dict[tuple, Any] = {}
@@ -272,7 +273,8 @@ class FaceDataModule(L.LightningDataModule):
         return assign_splits(len(table), fractions, seed, strata=strata, groups=groups)
 
     def unique_rows(self, path: os.PathLike | str, keys: Sequence[Any], values: Sequence[Any], lines: Sequence[Any], *,
-                    fields: Sequence[str] | None = None, what: str = "image", key_name: Any = None) -> tuple[np.ndarray, set]:
+                    fields: Sequence[str] | None = None, what: str = "image",
+                    key_name: Any = None) -> tuple[np.ndarray, set]:
         """Rows of a label table to keep under ``duplicate_rows`` and the keys dropped altogether
         (:func:`datamodules.formats.unique_rows`); counted in ``report["repeated_rows"]``."""
         keep, counts, dropped = unique_rows(path, keys, values, lines, self.duplicate_rows, fields=fields, what=what,

@@ -11,8 +11,8 @@ Files read (all tolerate CRLF or LF line ends, runs of spaces and trailing space
 
 Every malformed line raises :class:`~datamodules.formats.DatasetFormatError` naming the file, the
 line number and what was expected. An image listed twice in any of these files follows the
-``duplicate_rows`` policy (:meth:`~datamodules.base.FaceDataModule.unique_rows`). Images go under ``img_align_celeba/`` (or ``img_celeba/`` in
-the wild variant).
+``duplicate_rows`` policy (:meth:`~datamodules.base.FaceDataModule.unique_rows`). Images go under
+``img_align_celeba/`` (or ``img_celeba/`` in the wild variant).
 """
 
 from __future__ import annotations

@@ -208,7 +208,8 @@ def check_options(duplicate_rows: str, dedupe: dict[str, str] | None,
                                                  for k, v in (dedupe or {}).items()):
         raise ValueError(f"dedupe must map 'val' / 'test' to 'drop' or 'keep' (e.g. {{test: drop}}), got {dedupe!r}")
     if near_duplicates is not None and (isinstance(near_duplicates, bool) or not 0 <= int(near_duplicates) < 64):
-        raise ValueError(f"near_duplicates must be a Hamming distance in 0..63 (bits of a 64-bit hash), got {near_duplicates!r}")
+        raise ValueError(f"near_duplicates must be a Hamming distance in 0..63 (bits of a 64-bit hash), "
+                         f"got {near_duplicates!r}")
     return (duplicate_rows, {k: v for k, v in (dedupe or {}).items() if v == "drop"},
             None if near_duplicates is None else int(near_duplicates))
 

@@ -103,8 +103,8 @@ def build_target(name: str, cfg: dict[str, Any], normalize: bool = False) -> Tar
         raise ValueError(f"folder: targets.{name}: bin_edges are for ordinal targets")
     classes = tuple(fold_label(str(c)) if normalize else str(c) for c in classes)
     if len(set(classes)) != len(classes):
-        raise ValueError(f"folder: targets.{name}: classes {list(classes)} repeat a name" + (" after folding case "
-                                                                                           "(normalize_labels)" if normalize else ""))
+        folded = " after folding case (normalize_labels)" if normalize else ""
+        raise ValueError(f"folder: targets.{name}: classes {list(classes)} repeat a name{folded}")
     return Target(name, kind, classes, bin_edges=tuple(edges) if edges is not None else None)
 
 

@@ -226,8 +226,8 @@ def unique_rows(path: os.PathLike | str, keys: Sequence[Hashable], values: Seque
         shown = key_name(key) if key_name is not None else f"{what} {key}"
         raise DatasetFormatError(path, line, f"{shown} is listed twice ({_where(lines[a])} and {_where(lines[b])}; "
                                              f"{_difference(values[a], values[b], fields)}){others}. Set duplicate_rows: "
-                                             f"first (keep the first row) or drop_conflicting (drop {what}s whose rows "
-                                             f"disagree) to load it")
+                                             f"first (keep the first row) or drop_conflicting (drop an image whose rows "
+                                             f"disagree, keep one of rows that agree) to load it")
     dropped_keys = conflicting if policy == "drop_conflicting" else set()
     drop = {r for k, rows in repeats.items() for r in (rows if k in dropped_keys else rows[1:])}
     counts["rows_dropped"] = len(drop)

@@ -43,7 +43,8 @@ def format_description(info: dict[str, Any]) -> str:
         lines.append(f"duplicate images (same bytes): {len(dups)} group(s)" + "".join(f"\n  {' = '.join(g)}" for g in dups[:20]))
     cross = info.get("cross_split_duplicates")
     if cross is not None:
-        lines.append(f"duplicate images across splits: {len(cross)} group(s)" + "".join(f"\n  {' = '.join(g)}" for g in cross[:20]))
+        lines.append(f"duplicate images across splits: {len(cross)} group(s)"
+                     + "".join(f"\n  {' = '.join(g)}" for g in cross[:20]))
     if info.get("split_duplicate_groups"):
         lines.append(f"derived split: {info['split_duplicate_groups']} group(s) of duplicate images kept in one split")
     for split, d in (info.get("dedupe") or {}).items():

@@ -33,7 +33,8 @@ the photo is pasted over it unchanged apart from the resize (``cv2.INTER_AREA`` 
 With ``wild``, a dataset that has an ``in_the_wild`` flag (CelebA) reads its aligned images and
 ``in_the_wild: true`` selects the composited canvases, ``false`` the aligned images (as the
 ``synthfaces`` datamodule's flag does; LNets+ANet's ``lnet_plus`` stage trains on the aligned
-ones). Datasets without the flag always get the canvases. The canvases replace the table's
+ones). Datasets without the flag always get the canvases (the ``synthfaces`` datamodule has its
+own boolean ``wild``, which renders its native canvases instead). The canvases replace the table's
 ``paths`` (absolute paths into the cache), ``boxes`` (face box ``x, y, w, h`` in canvas pixels,
 pixel-index convention as everywhere in the tables) and ``landmarks`` (mapped into the canvas);
 in-memory datasets (``arrays``) get canvas arrays instead of files. Compositing runs at setup,

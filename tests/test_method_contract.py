@@ -71,7 +71,8 @@ def face_landmarks(n: int, size: int, seed: int) -> np.ndarray:
 def shape_model_args() -> dict[str, Any]:
     """``semantic_cnn_shape``'s shape model, fitted by its own datamodule hook on training landmarks."""
     args = {**TINY_SEMANTIC, "n_landmarks": N_LANDMARKS, "shape_components": 3}
-    dm = SimpleNamespace(registered_name="contract", tables={"train": SimpleNamespace(landmarks=face_landmarks(40, 48, 1))})
+    train = SimpleNamespace(landmarks=face_landmarks(40, 48, 1))
+    dm = SimpleNamespace(registered_name="contract", tables={"train": train})
     return {**args, **get_method_class("semantic_cnn_shape").datamodule_kwargs(dm, args)}
 
 
@@ -108,6 +109,7 @@ CASES: dict[str, Case] = {
     "mcnn": Case(TINY_MCNN),
     "mcnn_aux": Case(TINY_MCNN, parent=("mcnn", TINY_MCNN, ())),
     "semantic_cnn": Case(TINY_SEMANTIC),
+    # outputs: 3 shape modes + the in-plane angle
     "semantic_cnn_shape": Case(make_args=shape_model_args, landmarks=True, outputs=lambda m: 3 + 1,
                                attribute_probabilities=False),
     "timm": Case({"backbone": "test_resnet", "input_size": 32}),

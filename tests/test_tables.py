@@ -258,3 +258,16 @@ def test_report_rebuilds_tables_and_figures_from_records(tmp_path):
     metrics = pd.read_csv(tmp_path / "runs" / "netA--celeba--s0" / "metrics.csv", keep_default_na=False)
     tuned = metrics[metrics["metric"] == "threshold@tuned"].pivot_table(index="target", columns="split", values="value")
     assert (tuned["val"] == tuned["test"]).all() and (metrics["thresholds_tuned_on"] == "val").all()
+
+
+def test_subset_average_rows():
+    """A named target subset (e.g. label-consistent attributes) gets its own average row, per seed
+    then over seeds, over the subset's rows only; names missing from the table are ignored."""
+    t = comparison_table(long_metrics(), "celeba_small", "accuracy", subsets={"consistent": ["Male", "Bald", "Nope"]})
+    label = "Average (consistent 2)"
+    assert list(t.mean.index) == ["Smiling", "Male", "Bald", AVERAGE, label]
+    per_seed = [np.mean([0.7, 0.98]), np.mean([0.74, 0.96])]
+    assert t.mean.at[label, "netA"] == pytest.approx(np.mean(per_seed))
+    assert t.std.at[label, "netA"] == pytest.approx(np.std(per_seed, ddof=1))
+    assert t.mean.at[label, "majority"] == pytest.approx(np.mean([0.6, 0.97]))
+    assert f"| **{label}** |" in t.to_markdown()

@@ -186,7 +186,7 @@ def wild_localization(run_dir: Path, split: str = "test", calibrate_on: str = "v
         rows.append({"method": name, **recall_table_row(pred, test["true_box"]), "calibration_factor": factor})
     table = pd.DataFrame(rows)
     table.insert(1, "split", split)
-    return table
+    return table[[c for c in table if c != "n"] + ["n"]]
 
 
 @register_analysis("wild-localization")

@@ -23,7 +23,11 @@ RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
 HAAR_CASCADE = "haarcascade_frontalface_default.xml"
 
 
-def haar_detector(scale_factor: float = 1.1, min_neighbors: int = 3, min_size: int = 20) -> Callable[[np.ndarray], np.ndarray | None]:
+#: A detector: image -> its best box ``(x, y, w, h)`` in pixels, or ``None``.
+Detector = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+def haar_detector(scale_factor: float = 1.1, min_neighbors: int = 3, min_size: int = 20) -> Detector:
     """OpenCV's frontal-face Haar cascade: image (``uint8 HxWx3`` RGB or ``HxWx1``) -> best box
     ``(x, y, w, h)`` in pixels by level weight, or ``None``. OpenCV's defaults except ``min_size``
     (20 px: the smallest faces of a 160 px canvas at 15 %)."""
@@ -46,7 +50,7 @@ def haar_detector(scale_factor: float = 1.1, min_neighbors: int = 3, min_size: i
     return detect
 
 
-def hog_detector(upsample: int = 2) -> Callable[[np.ndarray], np.ndarray | None]:
+def hog_detector(upsample: int = 2) -> Detector:
     """dlib's HOG frontal-face detector: image -> best box ``(x, y, w, h)`` by SVM score, or ``None``.
     Its window is 80 px, so ``upsample`` doublings of the image are needed for small faces (2: faces
     from about 20 px, the smallest of a 160 px canvas at 15 %)."""
@@ -65,7 +69,7 @@ def hog_detector(upsample: int = 2) -> Callable[[np.ndarray], np.ndarray | None]
     return detect
 
 
-def detect_all(detect: Callable[[np.ndarray], np.ndarray | None], images: Iterable[np.ndarray]) -> np.ndarray:
+def detect_all(detect: Detector, images: Iterable[np.ndarray]) -> np.ndarray:
     """Best box per image, ``[N, 4]`` normalised by each image's width and height (NaN rows: no detection)."""
     rows = []
     for image in images:

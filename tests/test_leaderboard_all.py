@@ -1,0 +1,59 @@
+"""The cross-suite leaderboard (`facebench report --all`): seed means with 95% intervals, settings
+columns, the papers' values beside ours, byte-identical rebuilds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from scipy import stats
+
+from benchmarks.leaderboard import build_cross_suite, write_cross_suite
+from benchmarks.tables import load_reported
+from datamodules.celeba import CELEBA_ATTRIBUTES
+
+
+def fake_suite(root, suite="celeba"):
+    rng = np.random.default_rng(0)
+    rows = []
+    for method, name in (("mcnn", "mcnn"), ("majority", "majority")):
+        for seed in (0, 1, 2):
+            for a in CELEBA_ATTRIBUTES:
+                acc = 0.8 + 0.01 * seed + (0.05 if method == "mcnn" else 0) + rng.normal(0, 0.01)
+                rows.append({"method": method, "dataset": "celeba", "split": "test", "seed": seed, "attribute": a,
+                             "class": "", "accuracy": acc, "balanced_accuracy": acc - 0.2, "auroc": acc,
+                             "method_name": name, "datamodule": "celeba", "input_size": 64, "input_channels": 3,
+                             "epochs": 12, "train_samples": 4560, "params": 7_400_000, "flops_per_image": 1.6e8,
+                             "n_targets": 40})
+    d = root / suite
+    d.mkdir(parents=True)
+    board = pd.DataFrame(rows)
+    board.to_csv(d / "leaderboard.csv", index=False)
+    (d / "leaderboard_info.json").write_text(json.dumps({"suite": suite}))
+    return board
+
+
+def test_seed_interval_settings_and_paper_value(tmp_path):
+    board = fake_suite(tmp_path)
+    df = build_cross_suite(tmp_path).set_index("method")
+    per_seed = board[board["method"] == "mcnn"].groupby("seed")["accuracy"].mean()
+    half = stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / np.sqrt(3)
+    assert df.at["mcnn", "accuracy"] == pytest.approx(per_seed.mean())
+    assert df.at["mcnn", "accuracy_ci95"] == pytest.approx(half)
+    assert df.at["mcnn", "seeds"] == 3 and df.at["mcnn", "input_size"] == 64 and df.at["mcnn", "train_samples"] == 4560
+    reported = load_reported()
+    mcnn = reported[(reported["method"] == "MCNN") & (reported["dataset"] == "celeba") & (reported["metric"] == "accuracy")]
+    assert df.at["mcnn", "paper_accuracy"] == pytest.approx(mcnn["value"].mean())     # Table 2's 40 values
+    assert "4,560 training images vs the paper's 162,770" in df.at["mcnn", "paper"]
+    assert df.index[0] == "mcnn"                                                       # best accuracy first
+
+
+def test_rebuild_is_byte_identical(tmp_path):
+    fake_suite(tmp_path)
+    csv_path, md_path = write_cross_suite(tmp_path)
+    first = (csv_path.read_bytes(), md_path.read_bytes())
+    write_cross_suite(tmp_path)
+    assert (csv_path.read_bytes(), md_path.read_bytes()) == first
+    assert "| `mcnn` |" in md_path.read_text()
