@@ -77,7 +77,7 @@ def _panel_data(rec: RunRecord, logit_col: int, label_col: int) -> tuple[np.ndar
     """(0/1 truth, score) of one panel: binary column, or one class of a multi-class slice."""
     p, y = rec.predictions["probs"][:, logit_col], rec.predictions["labels"][:, label_col]
     for t, ls, ys in zip(rec.task.targets, rec.task.logit_slices, rec.task.label_slices):
-        if t.kind in ("multiclass", "ordinal") and ys.start == label_col:
+        if t.is_softmax and ys.start == label_col:
             keep = y >= 0
             return (y[keep] == logit_col - ls.start).astype(int), p[keep]
     keep = y >= 0
@@ -146,7 +146,7 @@ def reliability_panels(rec: RunRecord) -> dict[str, tuple[np.ndarray, np.ndarray
         keep = yb >= 0
         out["binary outputs (pooled)"] = (yb[keep], pb[keep])
     for t, ls, ys in zip(task.targets, task.logit_slices, task.label_slices):
-        if t.kind in ("multiclass", "ordinal"):
+        if t.is_softmax:
             keep = y[:, ys.start] >= 0
             probs = p[keep, ls]
             out[f"{t.name} (top label)"] = ((probs.argmax(1) == y[keep, ys.start]).astype(int), probs.max(1))

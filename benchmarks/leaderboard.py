@@ -21,6 +21,8 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
 * where the suite names protected attributes (``subgroups``): the mean over targets of the
   worst-group accuracy and of the equal-opportunity difference per protected attribute (from the
   suite's committed ``subgroups.csv``);
+* where the suite names a single-task baseline (``multitask``): Δm% against it and the mean rank
+  over tasks (from the suite's committed ``multitask.csv``, :mod:`benchmarks.multitask_report`);
 * what ``facebench inspect`` counted on the data (skipped files, cross-split duplicates, repeated
   and conflicting rows, test items dropped by ``dedupe``), where the records carry it.
 
@@ -52,17 +54,20 @@ DATA_CHECKS = ("data_skipped_files", "data_cross_split_duplicates", "data_repeat
                "data_dedupe_dropped")
 #: Subgroup aggregates carried into the cross-suite table, per protected attribute.
 SUBGROUP_AGGREGATES = ("worst_group_accuracy", "equal_opportunity_difference")
+#: Δm% against the suite's single-task baseline and the mean rank over tasks (suites with ``multitask``).
+MULTITASK_COLUMNS = ("delta_m_pct", "delta_m_ci95", "mean_rank")
 #: Training images of the full datasets the papers report on (official training splits).
 FULL_TRAINING_IMAGES: dict[str, int] = {"celeba": 162_770, "lfwa": 6_263, "ferplus": 28_558, "fer2013": 28_709}
 
 
 def suite_notes(suite_name: str) -> dict[str, Any]:
-    """Method and dataset descriptions and ``reported`` links of a suite file (empty if absent)."""
+    """Method and dataset descriptions, ``reported`` links and the ``multitask`` settings of a suite
+    file (empty if absent)."""
     path = SUITES_DIR / f"{suite_name}.yaml"
     if not path.is_file():
-        return {"methods": {}, "datasets": {}}
+        return {"methods": {}, "datasets": {}, "multitask": {}}
     raw = yaml.safe_load(path.read_text()) or {}
-    return {"methods": raw.get("methods") or {}, "datasets": raw.get("datasets") or {}}
+    return {"methods": raw.get("methods") or {}, "datasets": raw.get("datasets") or {}, "multitask": raw.get("multitask") or {}}
 
 
 def _target_rows(board: pd.DataFrame) -> pd.DataFrame:
@@ -113,6 +118,17 @@ def subgroup_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, dict[st
     return out
 
 
+def multitask_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
+    """``{(dataset, method): {delta_m_pct, delta_m_ci95, mean_rank}}`` from a suite's committed
+    ``multitask.csv`` (:mod:`benchmarks.multitask_report`; empty when the suite has none)."""
+    path = suite_dir / "multitask.csv"
+    if not path.is_file():
+        return {}
+    rows = pd.read_csv(path)
+    cols = [c for c in MULTITASK_COLUMNS if c in rows.columns]
+    return {(str(r["dataset"]), str(r["method"])): {c: float(r[c]) for c in cols} for _, r in rows.iterrows()}
+
+
 def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     """One leaderboard row per (dataset, method) of one suite's committed ``leaderboard.csv``."""
     board = pd.read_csv(suite_dir / "leaderboard.csv", keep_default_na=False, na_values=["nan", "NaN", ""])
@@ -121,6 +137,7 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     notes = suite_notes(suite)
     rows = []
     subgroup_means = subgroup_columns(suite_dir)
+    multitask = multitask_columns(suite_dir)
     targets = _target_rows(board)
     for (dataset, method), grp in targets.groupby(["dataset", "method"], sort=True):
         per_seed = grp.groupby("seed")[[m for m in HEADLINE if m in grp.columns]].mean()
@@ -146,6 +163,7 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
         for key in DATA_CHECKS:
             if key in grp and grp[key].notna().any():
                 row[key] = grp[key].max()
+        row.update(multitask.get((dataset, method), {}))
         for protected, values in subgroup_means.get((dataset, method), {}).items():
             for metric, value in values.items():
                 row[f"{metric}[{protected}]"] = value
@@ -173,7 +191,7 @@ def build_cross_suite(results_root: str | Path | None = None, reported_path: str
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
-    order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", "human_ceiling",
+    order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", *MULTITASK_COLUMNS, "human_ceiling",
              "gap_to_human", *SETTINGS, "paper_accuracy", "paper", "note"]
     extra = sorted(c for c in df.columns if c not in order)     # subgroup aggregates and data checks
     df = df[[c for c in order if c in df.columns] + extra]
@@ -193,7 +211,9 @@ def to_markdown(df: pd.DataFrame) -> str:
         lines += [f"## {dataset} (suite `{suite}`, `results/{suite}/leaderboard.csv`)", ""]
         human = "human_ceiling" in grp and grp["human_ceiling"].notna().any()
         fairness = [c for c in grp.columns if c.split("[")[0] in SUBGROUP_AGGREGATES and grp[c].notna().any()]
+        multitask = "delta_m_pct" in grp and grp["delta_m_pct"].notna().any()
         head = ["method", "accuracy", "balanced acc.", "AUROC", "seeds"] + (["human ceiling", "gap"] if human else []) + \
+               (["Δm% vs single-task", "mean rank"] if multitask else []) + \
                [f"{'worst-group acc.' if c.startswith('worst') else 'EO diff.'} {c[c.index('['):]}" for c in fairness] + \
                ["input", "epochs", "train images", "params (M)", "GFLOPs", "paper", "note"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + "|"]
@@ -203,6 +223,10 @@ def to_markdown(df: pd.DataFrame) -> str:
                      _fmt(r.get("auroc"), _low(r, "auroc"), _high(r, "auroc")), str(int(r.get("seeds", 0)))]
             if human:
                 cells += [_pct(r.get("human_ceiling")), _pct(r.get("gap_to_human"), signed=True)]
+            if multitask:
+                dm, half = r.get("delta_m_pct"), r.get("delta_m_ci95")
+                cells += [(f"{dm:+.2f}" + (f" ± {half:.2f}" if _num(half) else "")) if _num(dm) else "",
+                          f"{r['mean_rank']:.2f}" if _num(r.get("mean_rank")) else ""]
             cells += [_pct(r.get(c)) for c in fairness]
             size = r.get("input_size")
             cells += [f"{int(r['input_channels'])}x{int(size)}x{int(size)}" if _num(size) else "",

@@ -144,6 +144,9 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
         written += write_report_tables(metrics, results_dir, suite_name)
     written += write_statistics(board, results_dir)
     written += write_subgroup_tables(results_dir, suite_name or results_dir.name)
+    from benchmarks.multitask_report import write_suite_multitask   # Δm%, mean rank, tests vs the baseline
+
+    written += write_suite_multitask(board, results_dir, suite_name or results_dir.name)
     if figures:
         written += write_report_figures(results_dir)
     if written:

@@ -18,6 +18,7 @@ Schema (every key is checked; an unknown key names itself and the allowed ones):
       sem: {method: semantic_cnn, grid: {depth: [1, 2, 3]}}      # -> sem[depth=1], sem[depth=2], ...
     matrix:
       exclude: [{method: "sem*", dataset: celeba}]               # fnmatch patterns
+    multitask: {baseline: single_task, metrics: [f1, accuracy]}  # report only: Δm% vs that method key
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from benchmarks.provenance import REPO_ROOT, config_hash
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 SUITE_KEYS = {"name", "description", "results_dir", "seeds", "trainer", "early_stopping", "logging", "datasets",
-              "methods", "matrix", "evaluation"}
+              "methods", "matrix", "evaluation", "multitask"}
 DATASET_KEYS = {"datamodule", "args", "description", "subgroups", "target_subsets"}
 METHOD_KEYS = {"method", "args", "trainer", "datamodule_args", "init_from", "grid", "datasets", "description",
                "early_stopping", "report", "reported"}
@@ -45,6 +46,7 @@ LOGGING_KEYS = {"wandb", "csv"}
 WANDB_KEYS = {"enabled", "mode", "project", "entity", "tags", "log_model"}
 EARLY_STOPPING_KEYS = {"monitor", "mode", "patience", "min_delta"}
 EVALUATION_KEYS = {"splits", "tune_thresholds_on", "threshold_criterion"}
+MULTITASK_KEYS = {"baseline", "metrics"}
 
 DEFAULT_TRAINER = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "32-true",
                    "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_model_summary": False}
@@ -145,6 +147,7 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
     _check_keys("matrix", raw.get("matrix"), MATRIX_KEYS, source)
     _check_keys("early_stopping", raw.get("early_stopping"), EARLY_STOPPING_KEYS, source)
     _check_keys("evaluation", raw.get("evaluation"), EVALUATION_KEYS, source)
+    _check_keys("multitask", raw.get("multitask"), MULTITASK_KEYS, source)
     name = raw.get("name") or path.stem
     datasets, methods = raw.get("datasets") or {}, raw.get("methods") or {}
     if not datasets or not methods:
@@ -166,6 +169,7 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
         for d in mv.get("datasets") or []:
             if d not in datasets:
                 raise SuiteConfigError(f"{source}: methods.{mk}.datasets names {d!r}; allowed: {', '.join(datasets)}")
+    _check_multitask(raw.get("multitask"), methods, source)
     _check_registered(datasets, methods, source)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
@@ -224,6 +228,19 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
             raise SuiteConfigError(f"{source}: run {r.run_id} starts from {r.depends_on}, which the matrix excludes")
     suite.runs = _topological(suite.runs)
     return suite
+
+
+def _check_multitask(mt: dict[str, Any] | None, methods: dict[str, Any], source: str) -> None:
+    """``multitask: {baseline: <method key>, metrics: [...]}`` (read by the reports only, never part of
+    a run's config): the baseline is one of the suite's method keys (or grid variants)."""
+    if mt is None:
+        return
+    keys = [v for mk, mv in methods.items() for v, _ in _grid_points(mk, mv.get("grid"), source)]
+    if mt.get("baseline") not in keys:
+        raise SuiteConfigError(f"{source}: multitask.baseline is {mt.get('baseline')!r}; allowed: {', '.join(keys)}")
+    metrics = mt.get("metrics", ["accuracy"])
+    if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
+        raise SuiteConfigError(f"{source}: multitask.metrics must be a non-empty list of metric names, got {metrics!r}")
 
 
 def _check_registered(datasets: dict[str, Any], methods: dict[str, Any], source: str) -> None:

@@ -29,7 +29,7 @@ def describe(dm: FaceDataModule, check_files: bool = True) -> dict[str, Any]:
         prev = {}
         for t, s in zip(task.targets, task.label_slices):
             y = tab.labels[:, s]
-            if t.kind in ("binary", "multilabel"):
+            if t.is_sigmoid:
                 valid = y >= 0
                 vals = (y == 1).sum(0) / np.maximum(valid.sum(0), 1)
                 if t.kind == "binary":

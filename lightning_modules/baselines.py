@@ -8,11 +8,12 @@ import torch
 from torch import nn
 
 from lightning_modules.base import FaceAttributeTask
+from lightning_modules.closed_form import ClosedFormTask
 from lightning_modules.registry import register_method
 
 
 @register_method("majority")
-class MajorityBaseline(FaceAttributeTask):
+class MajorityBaseline(ClosedFormTask):
     """Predicts each target's training prior for every image: the "Baseline" column of the
     MCNN-AUX paper's Tables 2 and 3 (always the majority class; AUROC 0.5 by construction).
 
@@ -21,19 +22,11 @@ class MajorityBaseline(FaceAttributeTask):
     """
 
     task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
-    default_scheduler = None
-    gradient_trained = False
-
-    def __init__(self, task: Any, **kwargs: Any):
-        super().__init__(task, **kwargs)
-        self.automatic_optimization = False
 
     def configure_models(self) -> None:
         self.register_buffer("counts", torch.zeros(self.task.n_logits, dtype=torch.float64))
         self.register_buffer("totals", torch.zeros(self.task.n_logits, dtype=torch.float64))
         self.register_buffer("prior_logits", torch.zeros(self.task.n_logits))
-        self._epoch_counts = torch.zeros(self.task.n_logits, dtype=torch.float64)
-        self._epoch_totals = torch.zeros(self.task.n_logits, dtype=torch.float64)
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return self.prior_logits.unsqueeze(0).expand(image.shape[0], -1)
@@ -43,33 +36,28 @@ class MajorityBaseline(FaceAttributeTask):
         prior = self.task.probabilities(self.prior_logits.unsqueeze(0))
         return prior.expand(batch["image"].shape[0], -1).contiguous()
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def collect(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per logit column: (positives of a 0/1 column or samples of a class, labelled samples)."""
         y = batch["label"].cpu()
+        counts = torch.zeros(self.task.n_logits, dtype=torch.float64)
+        totals = torch.zeros(self.task.n_logits, dtype=torch.float64)
         for t, ls, ys in zip(self.task.targets, self.task.logit_slices, self.task.label_slices):
             yt = y[:, ys]
-            if t.kind in ("binary", "multilabel"):
+            if t.is_sigmoid:
                 valid = (yt >= 0).double()
-                self._epoch_counts[ls] += ((yt == 1).double() * valid).sum(0)
-                self._epoch_totals[ls] += valid.sum(0)
+                counts[ls] = ((yt == 1).double() * valid).sum(0)
+                totals[ls] = valid.sum(0)
             else:
                 v = yt[:, 0]
                 v = v[v >= 0]
-                self._epoch_counts[ls] += torch.bincount(v, minlength=t.n_classes).double()
-                self._epoch_totals[ls] += float(len(v))
-        return None
+                counts[ls] = torch.bincount(v, minlength=t.n_classes).double()
+                totals[ls] = float(len(v))
+        return counts, totals
 
-    def on_validation_epoch_start(self) -> None:
-        self._set_prior()   # validation inside fit runs before on_train_epoch_end
-
-    def on_train_epoch_end(self) -> None:
-        self._set_prior()
-        self._epoch_counts.zero_()
-        self._epoch_totals.zero_()
-
-    def _set_prior(self) -> None:
-        """Training prior from this epoch's counts, summed over DDP ranks."""
-        counts = self.trainer.strategy.reduce(self._epoch_counts.to(self.device), reduce_op="sum")
-        totals = self.trainer.strategy.reduce(self._epoch_totals.to(self.device), reduce_op="sum")
+    def fit(self, parts: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Training prior from the epoch's counts, summed over DDP ranks (kept when nothing is labelled)."""
+        counts = self.trainer.strategy.reduce(sum(p[0] for p in parts).to(self.device), reduce_op="sum")
+        totals = self.trainer.strategy.reduce(sum(p[1] for p in parts).to(self.device), reduce_op="sum")
         if float(totals.sum()) == 0:
             return
         self.counts.copy_(counts.to(self.counts))
@@ -78,11 +66,8 @@ class MajorityBaseline(FaceAttributeTask):
         logits = torch.empty_like(prior)
         for t, ls in zip(self.task.targets, self.task.logit_slices):
             p = prior[ls]
-            logits[ls] = torch.log(p / (1 - p)) if t.kind in ("binary", "multilabel") else torch.log(p)
+            logits[ls] = torch.log(p / (1 - p)) if t.is_sigmoid else torch.log(p)
         self.prior_logits.copy_(logits.float())
-
-    def configure_optimizers(self) -> None:
-        return None
 
 
 @register_method("timm")

@@ -33,7 +33,8 @@ SHA-1 and every option; under ``cache_dir`` (default ``$FACEBENCH_CACHE/dlib_emb
 ``~/.cache/facebench/dlib_embeddings``).
 
 **Probe.** ``sklearn.linear_model.LogisticRegression`` on standardised descriptors, fitted on the
-training split at the end of the (single) training epoch: one binary model per binary target and
+training split at the end of the (single) training epoch (a
+:class:`~lightning_modules.closed_form.ClosedFormTask`): one binary model per binary target and
 per class of a multi-label target, one multinomial model per multi-class / ordinal target. The
 standardisation is folded into the coefficients, stored as buffers ``weight [n_logits, 128]`` and
 ``bias [n_logits]``; logits are ``descriptor @ weight.T + bias``. A column whose training labels
@@ -48,7 +49,7 @@ import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import astuple, dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,7 @@ import torch
 from datamodules.landmarks import dlib_model_path
 from datamodules.preprocess import FileCache, default_cache_dir, sha1_file, table_keys
 from datamodules.core.tasks import TARGET_KINDS
-from lightning_modules.base import FaceAttributeTask
+from lightning_modules.closed_form import ClosedFormTask
 from lightning_modules.registry import register_method
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
@@ -167,7 +168,7 @@ def embed_table(table: Any, root: str | Path, cfg: DescriptorConfig = Descriptor
 
 
 @register_method("dlib_probe")
-class DlibEmbeddingProbe(FaceAttributeTask):
+class DlibEmbeddingProbe(ClosedFormTask):
     """dlib face descriptors + logistic regression per target (see the module docstring).
 
     Args:
@@ -180,8 +181,6 @@ class DlibEmbeddingProbe(FaceAttributeTask):
 
     task_kinds = frozenset(TARGET_KINDS)
     input_size = 64          # the loaders' tensors are not used: the descriptor reads the original image
-    gradient_trained = False
-    default_scheduler: ClassVar[dict | None] = None
 
     def __init__(self, task: Any, *, face_box: str = "hog", upsample: int = 1, num_jitters: int = 0, C: float = 1.0,
                  class_weight: str | None = None, max_iter: int = 2000, cache_dir: str | None = None,
@@ -191,17 +190,12 @@ class DlibEmbeddingProbe(FaceAttributeTask):
         self.cache_dir = cache_dir or os.path.join(default_cache_dir(), "dlib_embeddings")
         self.workers = workers if workers is not None else min(2, os.cpu_count() or 1)
         super().__init__(task, **kwargs)
-        self.automatic_optimization = False
         self._tables: dict[int, tuple[Any, np.ndarray]] = {}
-        self._train_parts: list[tuple[np.ndarray, np.ndarray]] = []
         self.embedding_stats: dict[str, int] = {}
 
     def configure_models(self) -> None:
         self.register_buffer("weight", torch.zeros(self.task.n_logits, DESCRIPTOR_DIM))
         self.register_buffer("bias", torch.zeros(self.task.n_logits))
-
-    def configure_optimizers(self) -> None:
-        return None
 
     def parameter_count(self, trainable_only: bool = False) -> int:
         """The probe's coefficients (buffers; dlib's network is outside torch and not counted)."""
@@ -259,27 +253,22 @@ class DlibEmbeddingProbe(FaceAttributeTask):
             batch = {**batch, "embedding": self.descriptors(batch, dataloader_idx)}
         super().test_step(batch, batch_idx, dataloader_idx)
 
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        self._train_parts.append((self.descriptors(batch).cpu().numpy(), batch["label"].cpu().numpy()))
-        return None
+    def collect(self, batch: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """The batch's descriptors and labels."""
+        return self.descriptors(batch).cpu().numpy(), batch["label"].cpu().numpy()
 
-    def on_validation_epoch_start(self) -> None:
-        self._fit()   # validation inside fit runs before on_train_epoch_end
-
-    def on_train_epoch_end(self) -> None:
-        self._fit()
-        self._train_parts = []
-        for k, v in self.embedding_stats.items():
-            self.log(f"dlib/{k}", float(v))
-
-    def _fit(self) -> None:
-        if not self._train_parts:
-            return
-        x = np.concatenate([p[0] for p in self._train_parts]).astype(np.float64)
-        y = np.concatenate([p[1] for p in self._train_parts])
+    def fit(self, parts: list[tuple[np.ndarray, np.ndarray]]) -> None:
+        """The logistic regressions on the epoch's descriptors (:func:`fit_linear_probe`)."""
+        x = np.concatenate([p[0] for p in parts]).astype(np.float64)
+        y = np.concatenate([p[1] for p in parts])
         weight, bias = fit_linear_probe(self.task, x, y, C=self.C, class_weight=self.class_weight, max_iter=self.max_iter)
         self.weight.copy_(torch.from_numpy(weight).to(self.weight))
         self.bias.copy_(torch.from_numpy(bias).to(self.bias))
+
+    def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
+        for k, v in self.embedding_stats.items():
+            self.log(f"dlib/{k}", float(v))
 
 
 def _logistic(x: np.ndarray, y: np.ndarray, C: float, class_weight: str | None, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
@@ -300,7 +289,7 @@ def fit_linear_probe(task: Any, x: np.ndarray, labels: np.ndarray, *, C: float =
     w = np.zeros((task.n_logits, x.shape[1]))
     b = np.zeros(task.n_logits)
     for t, ls, ys in zip(task.targets, task.logit_slices, task.label_slices):
-        if t.kind in ("binary", "multilabel"):
+        if t.is_sigmoid:
             for col, lab in zip(range(ls.start, ls.stop), range(ys.start, ys.stop)):
                 keep = labels[:, lab] >= 0
                 yc = labels[keep, lab]

@@ -31,7 +31,7 @@ def target_losses(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor,
     losses = []
     for t, ls, ys in zip(task.targets, task.logit_slices, task.label_slices):
         z, y = logits[:, ls].float(), labels[:, ys]
-        if t.kind in ("binary", "multilabel"):
+        if t.is_sigmoid:
             mask = y >= 0
             if not mask.any():
                 losses.append(z.sum() * 0.0)

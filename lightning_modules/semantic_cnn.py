@@ -260,7 +260,7 @@ def class_indicators(task: TaskSpec, labels: torch.Tensor, soft: dict[str, torch
     valid = torch.zeros_like(target, dtype=torch.bool)
     for t, ls, ys in zip(task.targets, task.logit_slices, task.label_slices):
         y = labels[:, ys]
-        if t.kind in ("binary", "multilabel"):
+        if t.is_sigmoid:
             target[:, ls], valid[:, ls] = y.clamp(min=0).float(), y >= 0
         elif soft and t.name in soft:   # an all-zero distribution marks an image without a label
             q = soft[t.name].float()
@@ -381,7 +381,7 @@ class SemanticFeaturesCNN(FaceAttributeTask):
             return self.task.probabilities(logits)
         p = torch.sigmoid(logits.float())
         for t, ls in zip(self.task.targets, self.task.logit_slices):
-            if t.kind in ("multiclass", "ordinal"):
+            if t.is_softmax:
                 p[:, ls] = p[:, ls] / p[:, ls].sum(dim=1, keepdim=True).clamp_min(1e-12)
         return p
 

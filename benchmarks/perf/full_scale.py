@@ -28,7 +28,9 @@ per size, each stage in its own subprocess (``--child``), so that its peak RSS i
 The runs use the suite with CPU overrides (``trainer.accelerator=cpu trainer.precision=32-true
 trainer.devices=1``, ``channels_last`` / ``torch_compile`` off, 2 workers, no pinned memory,
 ``augment_on: worker`` as the CPU suites; seed 0 only; results under ``--out``), run in the child
-process (``--in-process``: the training process is the child, its DataLoader workers its children):
+process (``benchmarks.runner.run_suite(..., in_process=True, report=False)``, what ``facebench run
+--in-process`` does minus the leaderboard: the training process is the child, its DataLoader workers
+its children):
 printed per run are the wall time, the training loop's images/s (first batch to last, validation
 excluded; ``steady``: without the first batch, i.e. worker start-up), the run's own recorded figures,
 and the peak RSS of the training process (``getrusage(RUSAGE_SELF)``) and of its largest child
@@ -54,7 +56,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.perf.common import header, machine, peak_rss_mb
+from benchmarks.perf.common import peak_rss_mb
 
 #: CelebA's official split sizes (list_eval_partition.txt of the full release).
 OFFICIAL_SPLIT = (162_770, 19_867, 19_962)
@@ -173,7 +175,8 @@ def child_run(root: Path, results: Path, method: str, steps: int) -> dict[str, A
 
     import benchmarks.worker as worker
     import datamodules.base as base
-    from benchmarks.cli import main as cli
+    from benchmarks.overrides import parse_sets
+    from benchmarks.runner import run_suite
 
     class LoopTimer(L.Callback):
         """Training loop time: epoch start to the last batch's end (validation excluded)."""
@@ -207,7 +210,7 @@ def child_run(root: Path, results: Path, method: str, steps: int) -> dict[str, A
     if method == "mcnn":
         sets += ["methods.mcnn.trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
                  "trainer.limit_val_batches=5", "trainer.limit_test_batches=5"]
-    rc = cli(["run", "celeba_h100", "--only", method, "--force", "--in-process", "--set", *sets])
+    outcomes = run_suite("celeba_h100", only=[method], force=True, overrides=parse_sets(sets), in_process=True, report=False)
     run_dir = results / "runs" / f"{method}--celeba--s0"
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
     rec: dict[str, Any] = {}
@@ -220,7 +223,7 @@ def child_run(root: Path, results: Path, method: str, steps: int) -> dict[str, A
     dm = seen.get("dm")
     loop = timer.last - timer.t0
     steady = timer.last - timer.first
-    return {"rc": rc, "state": status.get("state"), "error": status.get("error"), "records": rec,
+    return {"outcomes": [o.state for o in outcomes], "state": status.get("state"), "error": status.get("error"), "records": rec,
             "train_images": timer.images, "loop_s": loop, "images_per_s": timer.images / loop if loop > 0 else None,
             "steady_images_per_s": (timer.images - timer.first_images) / steady if steady > 0 else None,
             "first_batch_s": timer.first - timer.t0,
@@ -243,8 +246,12 @@ def run_child(stage: str, *args: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def child_main(stage: str, args: list[str]) -> int:
-    root = Path(args[0])
-    if stage == "generate":
+    root = Path(args[0]) if args else Path(".")
+    if stage == "machine":
+        from benchmarks.perf.common import machine
+
+        out = machine()
+    elif stage == "generate":
         out = child_generate(root, int(args[1]), int(args[2]))
     elif stage == "inspect":
         out = child_inspect(root, args[1] == "1")
@@ -283,11 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     out = args.out.absolute()
     full, eighth = out / "celeba_full", out / f"celeba_1of{args.fraction}"
     env = {**os.environ, "FACEBENCH_CACHE": str(out / "cache"), "FACEBENCH_WANDB": "0"}
-    header(f"full-size scale check: SynthFaces CelebA layout, {args.n:,} images at {args.size} px",
-           {"out": out, "stages": " ".join(args.stages), "sizes": " ".join(args.sizes),
-            "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")})
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
-    results["machine"] = machine()
+    # this process stays small (no torch): a child's RSS counts the pages it shares with it at fork
+    results["machine"] = {k: v for k, v in run_child("machine", env=env).items() if not k.startswith(("rss", "wall", "load_before", "load_after"))}
+    print(f"== full-size scale check: SynthFaces CelebA layout, {args.n:,} images at {args.size} px")
+    for k, v in {**results["machine"], "out": out, "stages": " ".join(args.stages), "sizes": " ".join(args.sizes),
+                 "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}.items():
+        print(f"   {k}: {v}")
     out.mkdir(parents=True, exist_ok=True)
     if "generate" in args.stages:
         r = run_child("generate", str(full), str(args.n), str(args.size), env=env)
@@ -298,8 +307,8 @@ def main(argv: list[str] | None = None) -> int:
         report("generate", r)
         print(f"      {r['images_per_s']:.0f} images/s, {r['disk_mb']:,.0f} MiB on disk ({r['files']:,} files); "
               f"official split {r['split']}", flush=True)
-    if "eighth" in args.sizes and not (eighth / "list_attr_celeba.txt").is_file() or "generate" in args.stages:
-        results.setdefault("eighth_split", subset(full, eighth, args.fraction))
+    if "eighth" in args.sizes and ("generate" in args.stages or not (eighth / "list_attr_celeba.txt").is_file()):
+        results["eighth_split"] = subset(full, eighth, args.fraction)
     for size in args.sizes:
         root, res = (full, out / "results_full") if size == "full" else (eighth, out / "results_eighth")
         store = results.setdefault(size, {})

@@ -11,6 +11,8 @@ Layouts (fixed, everything relies on them):
 * **logits / probabilities** ``[B, spec.n_logits]``: one column for a binary target (the positive
   class), one column per class for multi-class, ordinal and multi-label targets. Probabilities are
   sigmoid for binary / multi-label columns and a softmax inside each multi-class / ordinal slice.
+  Code that depends on this split asks :attr:`Target.is_sigmoid` / :attr:`Target.is_softmax`, not
+  the kind.
 * **votes** (when ``target.has_votes``): ``LongTensor [B, n_classes]`` per target, rater counts
   per class (a binary target has 2 classes: negative, positive).
 """
@@ -76,6 +78,19 @@ class Target:
     @property
     def n_label_slots(self) -> int:
         return self.n_classes if self.kind == "multilabel" else 1
+
+    @property
+    def is_sigmoid(self) -> bool:
+        """Binary and multi-label targets: independent 0/1 outputs, one label slot per logit column
+        (0/1), a sigmoid per column, binary cross-entropy, predictions thresholded per column."""
+        return self.kind in ("binary", "multilabel")
+
+    @property
+    def is_softmax(self) -> bool:
+        """Multi-class and ordinal targets: mutually exclusive classes, one label slot holding the
+        class index, a softmax over the target's logit slice, cross-entropy, argmax predictions.
+        Exactly one of :attr:`is_sigmoid` and :attr:`is_softmax` is true."""
+        return self.kind in ("multiclass", "ordinal")
 
     @property
     def vote_columns(self) -> tuple[str, ...]:
@@ -170,7 +185,7 @@ class TaskSpec:
         """(logit columns, label columns) of all 0/1 outputs: binary targets and multi-label classes."""
         logit_cols, label_cols = [], []
         for t, ls, ys in zip(self.targets, self.logit_slices, self.label_slices):
-            if t.kind in ("binary", "multilabel"):
+            if t.is_sigmoid:
                 logit_cols += list(range(ls.start, ls.stop))
                 label_cols += list(range(ys.start, ys.stop))
         return logit_cols, label_cols
@@ -179,7 +194,7 @@ class TaskSpec:
         """Map logits ``[B, n_logits]`` to probabilities in the same layout."""
         out = torch.empty_like(logits, dtype=torch.float32)
         for t, s in zip(self.targets, self.logit_slices):
-            if t.kind in ("binary", "multilabel"):
+            if t.is_sigmoid:
                 out[:, s] = torch.sigmoid(logits[:, s].float())
             else:
                 out[:, s] = torch.softmax(logits[:, s].float(), dim=1)
@@ -193,7 +208,7 @@ class TaskSpec:
             th = thresholds if isinstance(thresholds, float) else thresholds.to(probs.device)
             out[:, by] = (probs[:, bl] >= th).long()
         for t, ls, ys in zip(self.targets, self.logit_slices, self.label_slices):
-            if t.kind in ("multiclass", "ordinal"):
+            if t.is_softmax:
                 out[:, ys.start] = probs[:, ls].argmax(dim=1)
         return out
 

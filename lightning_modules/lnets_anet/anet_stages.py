@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from datamodules.core.config import config_from_value
+from lightning_modules.closed_form import ClosedFormTask
 from lightning_modules.lnets_anet.cascade import CascadeStage, plain_config, read_checkpoint
 from lightning_modules.lnets_anet.identity_losses import identity_retrieval, identity_softmax_loss, similarity_loss
 from lightning_modules.lnets_anet.localization import crop_boxes, resize_square, scale_boxes
@@ -240,7 +241,7 @@ class ANetAttributeStage(ANetStage):
 
 
 @register_method("lnets_anet")
-class LNetsANetClassifier(ANetStage):
+class LNetsANetClassifier(ClosedFormTask, ANetStage):
     """The full cascade (sec. 3, Fig. 3 (d)) and its linear classifiers (sec. 5).
 
     ANet (frozen, from the ``anet`` stage) is evaluated densely on the located face ``x_f`` cropped
@@ -249,15 +250,14 @@ class LNetsANetClassifier(ANetStage):
     classifier per attribute (``classifier``: ``linear_svm`` as the paper, or
     ``logistic_regression``; regularisation ``classifier_c``, one value or a list chosen per attribute
     by identity-grouped cross-validation) is fitted with scikit-learn on the
-    training images of the held-out classifier identities, within one training epoch. The
+    training images of the held-out classifier identities, within one training epoch
+    (:class:`~lightning_modules.closed_form.ClosedFormTask`). The
     coefficients (features standardised, folded into the weights) are buffers, so the checkpoint
     holds the whole predictor. Probabilities are the sigmoid of the decision values.
     """
 
     input_size = 80
     trains_anet = False
-    gradient_trained = False
-    default_scheduler = None
     default_train_transforms: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, task: Any, *, views: Sequence[str] = VIEW_NAMES, view_margin: int = 16,
@@ -278,8 +278,6 @@ class LNetsANetClassifier(ANetStage):
         if not self.classifier_c or min(self.classifier_c) <= 0:
             raise ValueError(f"lnets_anet: classifier_c must be positive (one value or a list to cross-validate), got {classifier_c}")
         super().__init__(task, **kwargs)
-        self.automatic_optimization = False
-        self._train_parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
 
     def configure_stage_models(self) -> None:
         self.attribute_head = nn.Linear(self.anet_cfg.fc_dim, self.task.n_logits)
@@ -319,38 +317,32 @@ class LNetsANetClassifier(ANetStage):
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         return F.linear(self.multiview_features(image), self.classifier_weight, self.classifier_bias)
 
-    def on_train_epoch_start(self) -> None:
-        self._train_parts = []
-
-    def training_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+    def collect(self, batch: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+        """``h_a``, labels and identities of the batch's samples of the classifier identities (``None``
+        when it has none)."""
         batch = self.anet_samples(batch, self.classifier_identity_ids)
-        if batch["image"].shape[0]:
-            with torch.no_grad():
-                self._train_parts.append((self.multiview_features(batch["image"]).cpu(), batch["label"].cpu(),
-                                          batch["identity"].cpu()))
-        return None
-
-    def on_validation_epoch_start(self) -> None:
-        self.fit_classifiers()     # validation inside fit runs before on_train_epoch_end
-
-    def on_train_epoch_end(self) -> None:
-        self.fit_classifiers()
+        if not batch["image"].shape[0]:
+            return None
+        with torch.no_grad():
+            return self.multiview_features(batch["image"]).cpu(), batch["label"].cpu(), batch["identity"].cpu()
 
     def fit_classifiers(self) -> None:
+        """Fit the classifiers on the features collected so far (the loop does it before validation
+        and at the end of the epoch)."""
+        self.fit_collected()
+
+    def fit(self, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """One linear classifier per binary column on the collected features (standardised); with
         several ``classifier_c`` values, each attribute's is chosen by identity-grouped 3-fold
         cross-validation (accuracy) on the classifier identities."""
-        if not self._train_parts:
-            return
         from sklearn.linear_model import LogisticRegression
         from sklearn.model_selection import GridSearchCV, GroupKFold
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
 
-        x = torch.cat([p[0] for p in self._train_parts]).double().numpy()
-        y = torch.cat([p[1] for p in self._train_parts]).numpy()
-        groups = torch.cat([p[2] for p in self._train_parts]).numpy()
-        self._train_parts = []
+        x = torch.cat([p[0] for p in parts]).double().numpy()
+        y = torch.cat([p[1] for p in parts]).numpy()
+        groups = torch.cat([p[2] for p in parts]).numpy()
         scaler = StandardScaler().fit(x)
         xs = scaler.transform(x)
         weight = np.zeros((self.task.n_logits, x.shape[1]))
@@ -382,6 +374,3 @@ class LNetsANetClassifier(ANetStage):
         self.classifier_bias.copy_(torch.as_tensor(bias, dtype=self.classifier_bias.dtype))
         self.classifier_c_chosen.copy_(torch.as_tensor(chosen, dtype=self.classifier_c_chosen.dtype))
         self.classifier_fitted.fill_(True)
-
-    def configure_optimizers(self) -> None:
-        return None

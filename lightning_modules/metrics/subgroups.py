@@ -40,7 +40,7 @@ AGGREGATES = ("worst_group_accuracy", "accuracy_gap", "equal_opportunity_differe
 def group_names(task: TaskSpec, protected: str) -> tuple[str, ...]:
     """``"<attribute>=<class>"`` for each group of a protected target."""
     t = task.target(protected)
-    if t.kind not in ("binary", "multiclass", "ordinal"):
+    if t.kind == "multilabel":
         raise ValueError(f"subgroups: {protected!r} is a {t.kind} target; a protected attribute must be binary or multi-class")
     return tuple(f"{protected}={c}" for c in t.classes)
 
@@ -60,9 +60,9 @@ class SubgroupMetrics(Metric):
         self.group_slot = task.label_slices[task.names.index(protected)].start
         _, self.binary_label_cols = task.binary_columns()
         self.binary_names = [(t.name, "") if t.kind == "binary" else (t.name, c)
-                             for t in task.targets if t.kind in ("binary", "multilabel")
+                             for t in task.targets if t.is_sigmoid
                              for c in (t.classes if t.kind == "multilabel" else [""])]
-        self.mc_targets = [(t, s.start) for t, s in zip(task.targets, task.label_slices) if t.kind in ("multiclass", "ordinal")]
+        self.mc_targets = [(t, s.start) for t, s in zip(task.targets, task.label_slices) if t.is_softmax]
         n_groups, n_bin = len(self.groups), len(self.binary_label_cols)
         for name in ("tp", "fp", "tn", "fn"):
             self.add_state(name, torch.zeros(n_bin, n_groups, dtype=torch.long), dist_reduce_fx="sum")

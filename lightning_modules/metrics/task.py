@@ -108,7 +108,7 @@ class TaskMetrics(nn.Module):
             self.bin_auroc = MultilabelAUROC(num_labels=n, average=None, ignore_index=MISSING, validate_args=n > 1)
             self.bin_ap = MultilabelAveragePrecision(num_labels=n, average=None, ignore_index=MISSING, validate_args=n > 1)
             self.bin_ece = nn.ModuleList(BinaryCalibrationError(n_bins=calibration_bins, ignore_index=MISSING) for _ in range(n))
-        mc = [t for t in task.targets if t.kind in ("multiclass", "ordinal")]
+        mc = [t for t in task.targets if t.is_softmax]
         self.mc_names = [t.name for t in mc]
         self.mc_confmat = TargetModuleDict({t.name: MulticlassConfusionMatrix(num_classes=t.n_classes, ignore_index=MISSING) for t in mc})
         self.mc_auroc = TargetModuleDict({t.name: MulticlassAUROC(num_classes=t.n_classes, average=None, ignore_index=MISSING)
@@ -171,11 +171,11 @@ class TaskMetrics(nn.Module):
             for t in self.task.targets:
                 if t.kind == "binary":
                     hard[t.name] = (p[:, col] >= self.thresholds(0)[col].to(p)).long()
-                col += t.n_logits if t.kind in ("binary", "multilabel") else 0
+                col += t.n_logits if t.is_sigmoid else 0
         age_of = self._ages_for(ages)
         for t, ls, ys in zip(self.task.targets, self.task.logit_slices, self.task.label_slices):
             pt, yt = probs[:, ls], labels[:, ys]
-            if t.kind in ("multiclass", "ordinal"):
+            if t.is_softmax:
                 y0 = yt[:, 0]
                 self.mc_confmat[t.name].update(pt, y0)
                 hard[t.name] = pt.argmax(dim=1)
