@@ -28,7 +28,10 @@ Suite configuration::
   of the combined test split are the per-dataset metrics.
 * **Partial labels**: a sample carries ``-1`` (:data:`~datamodules.core.tasks.MISSING`) in every
   label column its member lacks (losses and metrics skip it); rater votes and soft labels stay
-  with their own target (zeros elsewhere: fewer than two votes count as no rating).
+  with their own target (zeros elsewhere: fewer than two votes count as no rating). Caveat: a
+  method's ``soft_targets`` loss (:func:`~lightning_modules.losses.target_losses`) averages over the
+  whole batch, so the other members' zero rows shrink a soft-labelled target's loss by its share of
+  the batch; hard labels (``-1`` skipped) are averaged over the rows that carry them.
 * **Images**: :meth:`MixtureDataModule.configure_input` passes the network input to every member,
   so each member's ``Dataset`` produces it (FER+'s 48x48 grey is resized, and repeated to three
   channels when the network wants RGB). Landmarks and face boxes reach the batches only when
