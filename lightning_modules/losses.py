@@ -24,7 +24,8 @@ def target_losses(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor,
     """Per-target losses ``[T]`` in the task's target order.
 
     ``soft_targets`` maps a multi-class target's name to a ``[B, C]`` distribution (FER+
-    "probability" targets): its loss is the cross-entropy against that distribution. A target
+    "probability" targets): its loss is the cross-entropy against that distribution, averaged over
+    the rows whose distribution is not all zero (all zero: no soft label for that sample). A target
     without any label in the batch contributes a zero that still depends on the logits (so every
     parameter keeps a gradient, of zero)."""
     soft_targets = soft_targets or {}
@@ -40,7 +41,11 @@ def target_losses(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor,
             losses.append((per * mask).sum() / mask.sum())
         elif t.name in soft_targets:
             q = soft_targets[t.name].float()
-            losses.append(-(q * torch.log_softmax(z, dim=1)).sum(dim=1).mean())
+            has = q.sum(dim=1) > 0            # an all-zero row carries no soft label (unknown, another dataset's sample)
+            if not has.any():
+                losses.append(z.sum() * 0.0)
+                continue
+            losses.append(-(q[has] * torch.log_softmax(z[has], dim=1)).sum(dim=1).mean())
         else:
             y = y[:, 0]
             if (y < 0).all():

@@ -103,3 +103,19 @@ def test_each_network_keeps_its_own_best_epoch(tmp_path):
     restored.on_test_start()
     for i, (net, epoch) in enumerate(zip(restored.networks, [1, 2, 0])):
         torch.testing.assert_close(net.out.bias, snapshots[epoch][i])
+
+
+def test_soft_target_loss_averages_over_rows_with_a_distribution():
+    """Rows whose soft label is all zero (no rater distribution: unknown, or a sample of another
+    dataset in a mixture) are left out of the soft cross-entropy instead of diluting it."""
+    from lightning_modules.losses import target_losses
+
+    task = TaskSpec((Target("emotion", "multiclass", classes=("a", "b", "c")),))
+    logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]])
+    q = torch.tensor([[0.5, 0.5, 0.0], [0.0, 1.0, 0.0], [0.0, 0.0, 0.0]])
+    labels = torch.tensor([[0], [1], [-1]])
+    got = target_losses(task, logits, labels, soft_targets={"emotion": q})
+    expected = -(q[:2] * torch.log_softmax(logits[:2], dim=1)).sum(1).mean()
+    torch.testing.assert_close(got[0], expected)
+    zero = target_losses(task, logits, labels, soft_targets={"emotion": torch.zeros_like(q)})
+    assert zero[0] == 0.0
