@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.multitask import multitask_table
+from benchmarks.multitask import delta_m, multitask_table
 from benchmarks.records import finished_run_dirs
 from benchmarks.stats import ALPHA, RunPredictions, load_run_predictions, paired_comparisons
 from datamodules.core.io import write_csv, write_text
@@ -81,21 +81,26 @@ def multitask_markdown(table: pd.DataFrame, significance: pd.DataFrame, baseline
     lines = [f"# Multi-task comparison against the single-task baseline `{baseline}` (test split)", "",
              f"Δm%: the mean over tasks (targets) and over the metrics {', '.join(metrics)} of each method's signed",
              "relative change against the baseline of the same seed (positive: better than the baseline), mean over",
-             "seeds ± the half-width of its 95% Student-t interval. Mean rank: each method's rank per task on the",
-             f"seed-mean {metrics[0]} among all methods here (1 = best), averaged over tasks. Against the baseline,",
-             "on the same test images (accuracy at the 0.5 threshold): the attributes where the method is",
-             f"significantly better / worse (McNemar, seeds pooled, Holm over attributes, α = {ALPHA}), and the",
-             "difference in mean accuracy (percentage points) with its paired-bootstrap 95% interval and p-value.",
+             "seeds ± the half-width of its 95% Student-t interval; then each metric's own Δm%. A task whose baseline",
+             "value is 0 has no relative change and is left out; one with a small baseline value (the F1 of a rare",
+             "attribute) weighs heavily: read Δm% with its per-metric parts and the tests. Mean rank: each method's",
+             f"rank per task on the seed-mean {metrics[0]} among all methods here (1 = best), averaged over tasks.",
+             "Against the baseline, on the same test images (accuracy at the 0.5 threshold): the attributes where the",
+             f"method is significantly better / worse (McNemar, seeds pooled, Holm over attributes, α = {ALPHA}), and",
+             "the difference in mean accuracy (percentage points) with its paired-bootstrap 95% interval and p-value.",
              "Files: `multitask.csv`, `multitask_significance.csv`.", ""]
     sig = significance
     for dataset, grp in table.groupby("dataset", sort=True):
-        head = ["method", "Δm%", f"mean rank ({metrics[0]})", *metrics, "seeds", "better / worse", "Δ mean acc. (pp) [95% CI]", "p"]
+        per_metric = [m for m in metrics if f"delta_m_pct[{m}]" in grp]
+        head = ["method", "Δm%", *[f"Δm% {m}" for m in per_metric], f"mean rank ({metrics[0]})", *metrics, "seeds",
+                "better / worse", "Δ mean acc. (pp) [95% CI]", "p"]
         lines += [f"## {dataset}", "", "| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
         for _, r in grp.iterrows():
             dm = "" if pd.isna(r["delta_m_pct"]) else f"{r['delta_m_pct']:+.2f}"
             if dm and not pd.isna(r.get("delta_m_ci95")):
                 dm += f" ± {r['delta_m_ci95']:.2f}"
             cells = [f"`{r['method']}`" + (" (baseline)" if r["method"] == baseline else ""), dm,
+                     *["" if pd.isna(r[f"delta_m_pct[{m}]"]) else f"{r[f'delta_m_pct[{m}]']:+.2f}" for m in per_metric],
                      "" if pd.isna(r.get("mean_rank")) else f"{r['mean_rank']:.2f}",
                      *["" if pd.isna(r.get(m)) else f"{100 * r[m]:.2f}" for m in metrics],
                      "" if pd.isna(r.get("seeds")) else str(int(r["seeds"]))]
@@ -133,6 +138,10 @@ def write_multitask(board: pd.DataFrame, results_dir: Path, settings: dict[str, 
         return []
     table = multitask_table(board, baseline, metrics, split).merge(metric_means(board, metrics, split),
                                                                      on=["dataset", "method"], how="left")
+    if len(metrics) > 1:   # each metric's own Δm% beside the combined one
+        for m in metrics:
+            own = delta_m(board, baseline, (m,), split)[["dataset", "method", "delta_m_pct"]]
+            table = table.merge(own.rename(columns={"delta_m_pct": f"delta_m_pct[{m}]"}), on=["dataset", "method"], how="left")
     runs = [r for r in (load_run_predictions(d, split) for d in finished_run_dirs(results_dir)) if r is not None]
     significance = baseline_comparisons(runs, baseline, n_boot=n_boot)
     return [write_csv(results_dir / "multitask.csv", table, float_format="%.6g"),

@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.leaderboard import build_cross_suite
+from benchmarks.leaderboard import build_cross_suite, to_markdown
 from benchmarks.records import write_records
 from benchmarks.report import build_reports
 from benchmarks.suite import SuiteConfigError, load_suite
@@ -74,6 +74,9 @@ def test_multitask_files_and_delta_m_by_hand(report):
                        for m in ("f1", "accuracy") for a in ATTRS]
             per_seed.append(100 * np.mean(changes))
         assert table.at[method, "delta_m_pct"] == pytest.approx(np.mean(per_seed), rel=1e-5)
+        accuracy_only = [100 * np.mean([(test.loc[(method, seed, a), "accuracy"] - test.loc[("single_task", seed, a), "accuracy"])
+                                        / test.loc[("single_task", seed, a), "accuracy"] for a in ATTRS]) for seed in (0, 1)]
+        assert table.at[method, "delta_m_pct[accuracy]"] == pytest.approx(np.mean(accuracy_only), rel=1e-5)
         assert table.at[method, "seeds"] == 2 and table.at[method, "delta_m_ci95"] > 0
     assert table.at["single_task", "delta_m_pct"] == 0.0
     assert table.at["equal", "delta_m_pct"] > 0 > table.at["uncertainty", "delta_m_pct"]
@@ -81,7 +84,8 @@ def test_multitask_files_and_delta_m_by_hand(report):
     assert table.at["equal", "f1"] == pytest.approx(test.loc["equal", "f1"].groupby("seed").mean().mean(), rel=1e-5)
     md = (results / "multitask.md").read_text()
     assert "against the single-task baseline `single_task`" in md
-    assert "| `single_task` (baseline) | +0.00 ± 0.00 |" in md and "| `equal` | +" in md
+    assert "| method | Δm% | Δm% f1 | Δm% accuracy | mean rank (f1) |" in md
+    assert "| `single_task` (baseline) | +0.00 ± 0.00 | +0.00 | +0.00 |" in md and "| `equal` | +" in md
 
 
 def test_significance_only_against_the_baseline_and_oriented(report):
@@ -114,6 +118,9 @@ def test_cross_suite_leaderboard_carries_delta_m(report, tmp_path):
     table = pd.read_csv(results / "multitask.csv").set_index("method")
     for col in ("delta_m_pct", "delta_m_ci95", "mean_rank"):
         assert df.at["equal", col] == pytest.approx(table.at["equal", col])
+    md = to_markdown(build_cross_suite(tmp_path))
+    assert "| Δm% vs single-task | mean rank |" in md
+    assert f"| {table.at['equal', 'delta_m_pct']:+.2f} ± {table.at['equal', 'delta_m_ci95']:.2f} | " in md
     (suite_dir / "multitask.csv").unlink()
     assert "delta_m_pct" not in build_cross_suite(tmp_path).columns
 

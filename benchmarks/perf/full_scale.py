@@ -12,10 +12,11 @@ first 1/``--fraction`` of every split (its own list files, the image folder a sy
 per size, each stage in its own subprocess (``--child``), so that its peak RSS is its own:
 
 * ``generate`` (full size only): ``facebench synth``: wall time, images/s, disk size;
-* ``inspect``: ``facebench inspect --dataset celeba --root DIR`` three times: ``--no-file-checks``
-  with a cold per-image cache (parsing + the header check of every image), then with the file
-  checks (the SHA-1 of every image for the duplicate groups, computed once and cached), then again
-  (everything warm: what every later run's setup pays);
+* ``inspect``: ``facebench inspect --dataset celeba --root DIR`` four times after clearing the
+  per-image cache: ``--no-file-checks`` cold (parsing + the header check of every image) and warm
+  (parsing, checks looked up), then with the file checks cold (+ the SHA-1 of every image for the
+  duplicate groups, computed once and cached) and warm (what every later setup pays: a run's
+  ``data_checks`` looks the hashes up too);
 * ``cache``: the image caches the suite's runs use (MCNN / ResNet-18: resize 256, crop 227;
   majority: its 64-px input), built for every split as the suite path builds them: time and the
   size of the ``.npy`` files under ``$FACEBENCH_CACHE/image_cache``;
@@ -49,9 +50,10 @@ import contextlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
-import shutil
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -61,6 +63,10 @@ from benchmarks.perf.common import peak_rss_mb
 #: CelebA's official split sizes (list_eval_partition.txt of the full release).
 OFFICIAL_SPLIT = (162_770, 19_867, 19_962)
 STAGES = ("generate", "inspect", "cache", "majority", "mcnn")
+#: ``facebench inspect`` runs after the per-image cache is cleared: setup with the header check of
+#: every image (cold, then warm), then with the SHA-1 of every image (cold, then warm).
+INSPECT_SEQUENCE = (("inspect_no_file_checks_cold", "0"), ("inspect_no_file_checks_warm", "0"),
+                    ("inspect_hashes_cold", "1"), ("inspect_hashes_warm", "1"))
 #: The celeba_h100 suite on CPU (what every run of this script overrides).
 CPU_OVERRIDES = ["trainer.accelerator=cpu", "trainer.precision=32-true", "trainer.devices=1", "seeds=[0]",
                  "datasets.celeba.args.num_workers=2", "datasets.celeba.args.pin_memory=false",
@@ -113,6 +119,66 @@ def disk_mb(path: Path) -> float:
     if path.is_file():
         return path.stat().st_blocks * 512 / 2**20
     return sum(p.lstat().st_blocks * 512 for p in path.rglob("*")) / 2**20
+
+
+class DescendantMemory(threading.Thread):
+    """Samples (every ``interval`` s, from ``/proc``) the memory of every descendant of this process
+    (DataLoader workers, cache-build and render pools) and keeps the largest per-process RSS, PSS
+    (shared pages divided among their users), USS (private pages, the memory-mapped cache pages only
+    this process touched included) and anonymous memory (heap, copied-on-write pages: not file
+    pages), MiB. ``getrusage`` gives the
+    exact peak RSS, but a forked worker's RSS starts at its parent's (the pages they share), so the
+    private figure is what shows whether a worker's own memory grows with the dataset."""
+
+    def __init__(self, interval: float = 1.0):
+        super().__init__(daemon=True)
+        self.interval, self.peak = interval, {"rss": 0.0, "pss": 0.0, "uss": 0.0, "anon": 0.0}
+        self._done = threading.Event()
+
+    @staticmethod
+    def descendants(root: int) -> list[int]:
+        parent: dict[int, int] = {}
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open(f"/proc/{d}/stat") as f:
+                        parent[int(d)] = int(f.read().rsplit(")", 1)[1].split()[1])
+                except (OSError, IndexError, ValueError):
+                    continue
+        out, todo = [], [root]
+        while todo:
+            cur = todo.pop()
+            kids = [p for p, pp in parent.items() if pp == cur]
+            out += kids
+            todo += kids
+        return out
+
+    @staticmethod
+    def memory(pid: int) -> dict[str, float]:
+        kb: dict[str, float] = {}
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) == 3 and parts[2] == "kB":
+                    kb[parts[0].rstrip(":")] = float(parts[1])
+        return {"rss": kb.get("Rss", 0) / 1024, "pss": kb.get("Pss", 0) / 1024,
+                "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024, "anon": kb.get("Anonymous", 0) / 1024}
+
+    def run(self) -> None:
+        me = os.getpid()
+        while not self._done.wait(self.interval):
+            for pid in self.descendants(me):
+                try:
+                    m = self.memory(pid)
+                except (OSError, ValueError):
+                    continue
+                for k, v in m.items():
+                    self.peak[k] = max(self.peak[k], v)
+
+    def stop(self) -> dict[str, float]:
+        self._done.set()
+        self.join(timeout=5)
+        return dict(self.peak)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,12 +312,22 @@ def run_child(stage: str, *args: str, env: dict[str, str]) -> dict[str, Any]:
 
 
 def child_main(stage: str, args: list[str]) -> int:
+    """One stage in this process: its result, the time of its work (imports excluded) and memory."""
     root = Path(args[0]) if args else Path(".")
     if stage == "machine":
         from benchmarks.perf.common import machine
 
-        out = machine()
-    elif stage == "generate":
+        print("RESULT " + json.dumps(machine()), flush=True)
+        return 0
+    if stage != "generate":
+        import lightning  # noqa: F401  (imports outside the timed work)
+
+        import benchmarks.runner  # noqa: F401
+        import datamodules.all  # noqa: F401
+    sampler = DescendantMemory()
+    sampler.start()
+    t0 = time.perf_counter()
+    if stage == "generate":
         out = child_generate(root, int(args[1]), int(args[2]))
     elif stage == "inspect":
         out = child_inspect(root, args[1] == "1")
@@ -259,8 +335,11 @@ def child_main(stage: str, args: list[str]) -> int:
         out = child_cache(root, Path(args[1]))
     else:
         out = child_run(root, Path(args[1]), stage, int(args[2]))
-    print("RESULT " + json.dumps({**out, "rss_self_mb": peak_rss_mb()["self"], "rss_children_mb": peak_rss_mb()["children"]},
-                                 default=str), flush=True)
+    work = time.perf_counter() - t0
+    children = sampler.stop()
+    rss = peak_rss_mb()
+    print("RESULT " + json.dumps({**out, "work_s": work, "rss_self_mb": rss["self"], "rss_children_mb": rss["children"],
+                                  **{f"child_{k}_mb": v for k, v in children.items()}}, default=str), flush=True)
     return 0
 
 
@@ -268,8 +347,11 @@ def child_main(stage: str, args: list[str]) -> int:
 # the check
 # ------------------------------------------------------------------------------------------------
 def report(stage: str, r: dict[str, Any]) -> None:
-    rss = f"peak RSS main {r['rss_self_mb']:,.0f} MiB, largest child {r['rss_children_mb']:,.0f} MiB"
-    print(f"   {stage:<28} {r['wall_s']:8.1f} s   {rss}   (load {r['load_before']:.1f} -> {r['load_after']:.1f})", flush=True)
+    rss = (f"peak RSS main {r['rss_self_mb']:,.0f} MiB, largest child {r['rss_children_mb']:,.0f} MiB "
+           f"(sampled: RSS {r['child_rss_mb']:,.0f}, PSS {r['child_pss_mb']:,.0f}, private {r['child_uss_mb']:,.0f}, "
+           f"anonymous {r.get('child_anon_mb', 0):,.0f})")
+    print(f"   {stage:<30} {r['work_s']:8.1f} s ({r['wall_s']:.0f} s with start-up)   {rss}   "
+          f"(load {r['load_before']:.1f} -> {r['load_after']:.1f})", flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -292,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     env = {**os.environ, "FACEBENCH_CACHE": str(out / "cache"), "FACEBENCH_WANDB": "0"}
     results: dict[str, Any] = json.loads(args.json.read_text()) if args.json.is_file() else {}
     # this process stays small (no torch): a child's RSS counts the pages it shares with it at fork
-    results["machine"] = {k: v for k, v in run_child("machine", env=env).items() if not k.startswith(("rss", "wall", "load_before", "load_after"))}
+    results["machine"] = {k: v for k, v in run_child("machine", env=env).items()
+                          if k not in ("wall_s", "load_before", "load_after")}
     print(f"== full-size scale check: SynthFaces CelebA layout, {args.n:,} images at {args.size} px")
     for k, v in {**results["machine"], "out": out, "stages": " ".join(args.stages), "sizes": " ".join(args.sizes),
                  "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "unset")}.items():
@@ -300,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if "generate" in args.stages:
         r = run_child("generate", str(full), str(args.n), str(args.size), env=env)
-        r.update(images=args.n, images_per_s=args.n / r["wall_s"], disk_mb=disk_mb(full),
+        r.update(images=args.n, images_per_s=args.n / r["work_s"], disk_mb=disk_mb(full),
                  images_mb=disk_mb(full / "img_align_celeba"), files=len(os.listdir(full / "img_align_celeba")),
                  split=official_partition(full))
         results["generate"] = r
@@ -313,7 +396,8 @@ def main(argv: list[str] | None = None) -> int:
         root, res = (full, out / "results_full") if size == "full" else (eighth, out / "results_eighth")
         store = results.setdefault(size, {})
         if "inspect" in args.stages:
-            for label, checks in (("inspect_no_file_checks_cold", "0"), ("inspect_cold_hashes", "1"), ("inspect_warm", "1")):
+            (out / "cache" / "per_image_cache.sqlite").unlink(missing_ok=True)   # cold: nothing verified or hashed
+            for label, checks in INSPECT_SEQUENCE:
                 store[label] = run_child("inspect", str(root), checks, env=env)
                 report(f"{size}: {label}", store[label])
         if "cache" in args.stages:

@@ -124,12 +124,14 @@ class RandomLossWeighting(LossWeighting):
     rank, so all ranks draw the same weights (a resumed run restarts the sequence).
 
     Args:
-        seed: seed of the weights' generator.
+        seed: seed of the weights' generator; ``None`` (default): the run's seed (``torch.initial_seed()``
+            when the weighting is built, which ``seed_everything`` makes the same on every DDP rank), so
+            that each seed of a suite draws its own sequence.
     """
 
-    def __init__(self, n_tasks: int, seed: int = 0):
+    def __init__(self, n_tasks: int, seed: int | None = None):
         super().__init__(n_tasks)
-        self.seed = int(seed)
+        self.seed = int(torch.initial_seed() if seed is None else seed) % (2 ** 63)
         self.generator = torch.Generator().manual_seed(self.seed)
 
     def forward(self, losses: torch.Tensor, ctx: StepContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
