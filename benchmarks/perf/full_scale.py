@@ -28,19 +28,21 @@ per size, each stage in its own subprocess (``--child``), so that its peak RSS i
 
 The runs use the suite with CPU overrides (``trainer.accelerator=cpu trainer.precision=32-true
 trainer.devices=1``, ``channels_last`` / ``torch_compile`` off, 2 workers, no pinned memory,
-``augment_on: worker`` as the CPU suites; seed 0 only; results under ``--out``), run in the child
-process (``benchmarks.runner.run_suite(..., in_process=True, report=False)``, what ``facebench run
---in-process`` does minus the leaderboard: the training process is the child, its DataLoader workers
-its children):
-printed per run are the wall time, the training loop's images/s (first batch to last, validation
-excluded; ``steady``: without the first batch, i.e. worker start-up), the run's own recorded figures,
-and the peak RSS of the training process (``getrusage(RUSAGE_SELF)``) and of its largest child
-(``RUSAGE_CHILDREN``: the DataLoader workers; their RSS counts the memory-mapped cache pages they
-touched, which are shared page-cache pages, not copies).
+``augment_on: worker`` as the CPU suites; seed 0 only; results under ``--out``) and run in the
+stage's process (``benchmarks.runner.run_suite(..., in_process=True, report=False)``: what
+``facebench run --in-process`` does, without the leaderboard), so the training process is the child
+and its DataLoader workers are its children. Printed per run: the time of the work (imports and
+process start-up excluded, then included), the training loop's images/s (epoch start to the last
+batch, validation excluded; ``steady``: from the first batch on, i.e. without worker start-up), the
+run's own recorded figures, the peak RSS of the training process (``getrusage(RUSAGE_SELF)``) and of
+its largest child (``RUSAGE_CHILDREN``), and the largest descendant's sampled RSS / PSS / private /
+anonymous memory (:class:`DescendantMemory`: a forked worker's ``getrusage`` RSS starts at its
+parent's, and its RSS counts the memory-mapped cache pages it touched, shared page-cache pages).
 
-Everything goes under ``--out`` (default ``/tmp/facebench_full_scale``: about 14 GB at 96 px;
-``$FACEBENCH_CACHE`` points there for the children) and is deleted at the end unless ``--keep``;
-the figures are written to ``--json`` too. Stages can be re-run alone on kept data (``--stages``).
+Everything goes under ``--out`` (default ``/tmp/facebench_full_scale``: about 12 GB at 96 px, 9 GB of
+it image caches; ``$FACEBENCH_CACHE`` points there for the children) and is deleted at the end unless
+``--keep``; the figures are written to ``--json`` too. Stages can be re-run alone on kept data
+(``--stages``). Figures and the commands: ``benchmarks/perf/RESULTS.md``, "Full-size scale check".
 """
 
 from __future__ import annotations
@@ -125,10 +127,10 @@ class DescendantMemory(threading.Thread):
     """Samples (every ``interval`` s, from ``/proc``) the memory of every descendant of this process
     (DataLoader workers, cache-build and render pools) and keeps the largest per-process RSS, PSS
     (shared pages divided among their users), USS (private pages, the memory-mapped cache pages only
-    this process touched included) and anonymous memory (heap, copied-on-write pages: not file
-    pages), MiB. ``getrusage`` gives the
-    exact peak RSS, but a forked worker's RSS starts at its parent's (the pages they share), so the
-    private figure is what shows whether a worker's own memory grows with the dataset."""
+    this process touched included) and anonymous memory (heap, pages shared copy-on-write with the
+    parent: no file pages), MiB. ``getrusage`` gives the exact peak RSS, but a forked worker's RSS
+    starts at its parent's (the pages they share) and counts the cache pages it maps, so PSS and
+    anonymous memory are what show whether a worker's own memory grows with the dataset. Linux only."""
 
     def __init__(self, interval: float = 1.0):
         super().__init__(daemon=True)
@@ -137,6 +139,7 @@ class DescendantMemory(threading.Thread):
 
     @staticmethod
     def descendants(root: int) -> list[int]:
+        """Process ids of every descendant of ``root`` (from each process's parent in ``/proc``)."""
         parent: dict[int, int] = {}
         for d in os.listdir("/proc"):
             if d.isdigit():
@@ -155,6 +158,7 @@ class DescendantMemory(threading.Thread):
 
     @staticmethod
     def memory(pid: int) -> dict[str, float]:
+        """RSS, PSS, USS and anonymous memory of ``pid`` (``/proc/<pid>/smaps_rollup``), MiB."""
         kb: dict[str, float] = {}
         with open(f"/proc/{pid}/smaps_rollup") as f:
             for line in f:
@@ -162,7 +166,8 @@ class DescendantMemory(threading.Thread):
                 if len(parts) == 3 and parts[2] == "kB":
                     kb[parts[0].rstrip(":")] = float(parts[1])
         return {"rss": kb.get("Rss", 0) / 1024, "pss": kb.get("Pss", 0) / 1024,
-                "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024, "anon": kb.get("Anonymous", 0) / 1024}
+                "uss": (kb.get("Private_Clean", 0) + kb.get("Private_Dirty", 0)) / 1024,
+                "anon": kb.get("Anonymous", 0) / 1024}
 
     def run(self) -> None:
         me = os.getpid()
@@ -187,7 +192,8 @@ class DescendantMemory(threading.Thread):
 def child_generate(root: Path, n: int, size: int) -> dict[str, Any]:
     from datamodules.synthfaces.cli import main as synth
 
-    rc = synth(["--format", "celeba", "--out", str(root), "--n", str(n), "--seed", "0", "--size", str(size), "--overwrite"])
+    rc = synth(["--format", "celeba", "--out", str(root), "--n", str(n), "--seed", "0", "--size", str(size),
+                "--overwrite"])
     return {"rc": rc}
 
 
@@ -196,7 +202,7 @@ def child_inspect(root: Path, file_checks: bool) -> dict[str, Any]:
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
-        rc = cli(["inspect", "--dataset", "celeba", "--root", str(root)] + ([] if file_checks else ["--no-file-checks"]))
+        rc = cli(["inspect", "--dataset", "celeba", "--root", str(root), *([] if file_checks else ["--no-file-checks"])])
     text = buf.getvalue()
     return {"rc": rc, "output_lines": text.count("\n"), "first_lines": text.splitlines()[:4]}
 
@@ -276,7 +282,8 @@ def child_run(root: Path, results: Path, method: str, steps: int) -> dict[str, A
     if method == "mcnn":
         sets += ["methods.mcnn.trainer.max_epochs=1", f"trainer.limit_train_batches={steps}",
                  "trainer.limit_val_batches=5", "trainer.limit_test_batches=5"]
-    outcomes = run_suite("celeba_h100", only=[method], force=True, overrides=parse_sets(sets), in_process=True, report=False)
+    outcomes = run_suite("celeba_h100", only=[method], force=True, overrides=parse_sets(sets), in_process=True,
+                         report=False)
     run_dir = results / "runs" / f"{method}--celeba--s0"
     status = json.loads((run_dir / "status.json").read_text()) if (run_dir / "status.json").is_file() else {}
     rec: dict[str, Any] = {}
@@ -289,7 +296,8 @@ def child_run(root: Path, results: Path, method: str, steps: int) -> dict[str, A
     dm = seen.get("dm")
     loop = timer.last - timer.t0
     steady = timer.last - timer.first
-    return {"outcomes": [o.state for o in outcomes], "state": status.get("state"), "error": status.get("error"), "records": rec,
+    return {"outcomes": [o.state for o in outcomes], "state": status.get("state"), "error": status.get("error"),
+            "records": rec,
             "train_images": timer.images, "loop_s": loop, "images_per_s": timer.images / loop if loop > 0 else None,
             "steady_images_per_s": (timer.images - timer.first_images) / steady if steady > 0 else None,
             "first_batch_s": timer.first - timer.t0,
@@ -412,8 +420,9 @@ def main(argv: list[str] | None = None) -> int:
                 r = store[method] = run_child(method, str(root), str(res), str(args.mcnn_steps), env=env)
                 report(f"{size}: {method}", r)
                 print(f"      state {r['state']} {r['error'] or ''}; {r['train_images']:,} training images in "
-                      f"{r['loop_s']:.1f} s = {r['images_per_s'] or 0:.0f} images/s (steady {r['steady_images_per_s'] or 0:.0f}, "
-                      f"first batch {r['first_batch_s']:.1f} s); records {r['records']}; splits {r['splits']}", flush=True)
+                      f"{r['loop_s']:.1f} s = {r['images_per_s'] or 0:.0f} images/s "
+                      f"(steady {r['steady_images_per_s'] or 0:.0f}, first batch {r['first_batch_s']:.1f} s); "
+                      f"records {r['records']}; splits {r['splits']}", flush=True)
         args.json.write_text(json.dumps(results, indent=1, default=str))
     args.json.write_text(json.dumps(results, indent=1, default=str))
     print(f"   figures -> {args.json}")

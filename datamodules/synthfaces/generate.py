@@ -78,12 +78,23 @@ def generate(config: SynthFacesConfig) -> SynthFacesData:
     chunk = int(np.clip(math.ceil(n / (workers * 4)), *CHUNK_RANGE))
     tasks = [(config.seed, s, min(s + chunk, n), config.images_per_identity, config.image_size, wild_size)
              for s in range(0, n, chunk)]
+    cat: dict[str, np.ndarray] = {}
+
+    def place(task: tuple, part: dict[str, np.ndarray]) -> None:
+        """Copy a chunk into the whole arrays as it arrives (the chunks never all exist at once:
+        a full-size CelebA at 96 px is 5.6 GB of pixels, twice that with a final concatenation)."""
+        for key, values in part.items():
+            if key not in cat:
+                cat[key] = np.empty((n, *values.shape[1:]), dtype=values.dtype)
+            cat[key][task[1]:task[2]] = values
+
     if workers == 1 or not _spawn_safe():
-        parts = [_render_range(t) for t in tasks]
+        for t in tasks:
+            place(t, _render_range(t))
     else:
         with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
-            parts = list(pool.map(_render_range, tasks))
-    cat = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+            for t, part in zip(tasks, pool.map(_render_range, tasks)):
+                place(t, part)
     attributes = cat["attributes"]
     return SynthFacesData(
         config=config,
