@@ -1,4 +1,5 @@
-"""Shared test fixtures: an isolated cache folder, the real-data location, a small SynthFaces set."""
+"""Shared test fixtures: an isolated cache folder, one intra-op thread, the real-data location, a small
+SynthFaces set."""
 
 from __future__ import annotations
 
@@ -24,6 +25,19 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
         os.environ.pop("FACEBENCH_CACHE", None)
     else:
         os.environ["FACEBENCH_CACHE"] = old
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for a module of tests on tiny tensors: on a busy 2-core machine
+    oversubscribed OpenMP threads make them many times slower (use: ``pytestmark =
+    pytest.mark.usefixtures("one_thread")``)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 def shared_data(name: str) -> Path:

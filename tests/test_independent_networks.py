@@ -17,12 +17,7 @@ TASK = TaskSpec((Target("Male"), Target("Smiling"), Target("emotion", "multiclas
 TINY_SEMANTIC = {"conv_channels": [4, 4, 8], "fc_units": 16, "pixel_standardize": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(size: int, channels: int, n: int = 6, seed: int = 0) -> dict[str, torch.Tensor]:

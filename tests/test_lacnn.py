@@ -23,13 +23,7 @@ DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = {"input_size": 48, "fc_width": 64}   # tiny AlexNets for CPU tests (layers as in the paper)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Small tensors: one intra-op thread is several times faster than two on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def binary_task(n: int = 3) -> TaskSpec:

@@ -23,13 +23,7 @@ SMALL = 40   # input side for CPU tests (Conv1 stride 1, Conv3 map 4x4, a 1x1 gr
 NARROW = {"conv_filters": (12, 16, 24), "fc_units": 32}   # narrow layers for the training tests
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads cost more than they give (and much more on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def small_task() -> TaskSpec:

@@ -26,14 +26,7 @@ CELEBA = DATA / "celeba_subset"
 TINY = {"conv_channels": [4, 4, 8], "fc_units": 16}   # the paper's layout at toy width (CPU tests)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Toy tensors gain nothing from intra-op threads; on a busy 2-core machine oversubscribed
-    OpenMP threads make these tests an order of magnitude slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def mixed_task() -> TaskSpec:

@@ -27,13 +27,7 @@ TASK = TaskSpec.binary_attributes(["Male", "Smiling", "Wearing_Lipstick", "Bald"
 TINY_MCNN = {"input_size": 40, "conv_filters": (8, 8, 8), "fc_units": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads cost more than they give (and much more on a loaded machine)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def make_batch(n: int = 8, seed: int = 0, size: int = 40) -> dict[str, torch.Tensor]:

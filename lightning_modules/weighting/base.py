@@ -53,6 +53,14 @@ def create_weighting(name: str, n_tasks: int, **kwargs: Any) -> "Weighting":
     return cls(n_tasks, **kwargs)
 
 
+def run_generator(seed: int | None) -> tuple[int, torch.Generator]:
+    """``(seed, generator)`` for a weighting's random draws; ``seed=None`` takes the run's seed
+    (``torch.initial_seed()`` when the weighting is built, which ``seed_everything`` makes the same
+    on every DDP rank), so that every rank draws the same values and each seed of a suite its own."""
+    seed = int(torch.initial_seed() if seed is None else seed) % (2 ** 63)
+    return seed, torch.Generator().manual_seed(seed)
+
+
 def ddp_mean(t: torch.Tensor) -> torch.Tensor:
     """The mean of ``t`` over the DDP ranks (``t`` itself outside DDP). Every rank gets the same
     tensor, bit for bit, so weights computed from it agree on every rank."""

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightning_modules.weighting.base import GradientWeighting, gram, register_weighting
+from lightning_modules.weighting.base import GradientWeighting, gram, register_weighting, run_generator
 
 
 def project_conflicting(grads: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -44,15 +44,12 @@ class PCGrad(GradientWeighting):
     same orders from the same (averaged) gradients.
 
     Args:
-        seed: seed of the task-order generator; ``None`` (default): the run's seed (``torch.initial_seed()``
-            when the weighting is built, which ``seed_everything`` makes the same on every DDP rank), so
-            that each seed of a suite draws its own sequence.
+        seed: seed of the task-order generator; ``None`` (default): the run's seed (:func:`run_generator`).
     """
 
     def __init__(self, n_tasks: int, seed: int | None = None):
         super().__init__(n_tasks)
-        self.seed = int(torch.initial_seed() if seed is None else seed) % (2 ** 63)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.seed, self.generator = run_generator(seed)
 
     def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         k = grads.shape[0]

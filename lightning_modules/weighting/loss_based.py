@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_modules.weighting.base import LossWeighting, StepContext, ddp_mean, register_weighting
+from lightning_modules.weighting.base import LossWeighting, StepContext, ddp_mean, register_weighting, run_generator
 
 
 @register_weighting("equal")
@@ -124,15 +124,12 @@ class RandomLossWeighting(LossWeighting):
     rank, so all ranks draw the same weights (a resumed run restarts the sequence).
 
     Args:
-        seed: seed of the weights' generator; ``None`` (default): the run's seed (``torch.initial_seed()``
-            when the weighting is built, which ``seed_everything`` makes the same on every DDP rank), so
-            that each seed of a suite draws its own sequence.
+        seed: seed of the weights' generator; ``None`` (default): the run's seed (:func:`run_generator`).
     """
 
     def __init__(self, n_tasks: int, seed: int | None = None):
         super().__init__(n_tasks)
-        self.seed = int(torch.initial_seed() if seed is None else seed) % (2 ** 63)
-        self.generator = torch.Generator().manual_seed(self.seed)
+        self.seed, self.generator = run_generator(seed)
 
     def forward(self, losses: torch.Tensor, ctx: StepContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         eps = torch.randn(self.n_tasks, generator=self.generator, dtype=torch.float64)
