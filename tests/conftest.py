@@ -51,8 +51,7 @@ def shared_data(name: str) -> Path:
 @pytest.fixture(scope="session")
 def synth_celeba(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small SynthFaces set in CelebA's official layout (24 identities x 5 images, 32 px)."""
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+    from synth import synth_celeba_at
 
-    root = tmp_path_factory.mktemp("synth") / "celeba"
-    write_celeba(generate(SynthFacesConfig(n_identities=24, images_per_identity=5, image_size=32, seed=3, workers=1)), root)
-    return root
+    return synth_celeba_at(tmp_path_factory.mktemp("synth") / "celeba", n_identities=24, images_per_identity=5,
+                           image_size=32, seed=3)

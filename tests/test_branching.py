@@ -312,10 +312,9 @@ def test_branch_selection_picks_best_validation_depth(tmp_path):
 @pytest.mark.slow
 def test_suite_identity_then_branch_sweep_then_assembly(tmp_path):
     from benchmarks.runner import run_suite
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+    from synth import synth_celeba_at
 
-    root = write_celeba(generate(SynthFacesConfig(n_identities=40, images_per_identity=2, image_size=40, seed=1, workers=1)),
-                        tmp_path / "synth")
+    root = synth_celeba_at(tmp_path / "synth", n_identities=40, images_per_identity=2, image_size=40, seed=1)
     suite = {
         "name": "branching_test", "results_dir": str(tmp_path / "results"), "seeds": [0],
         "trainer": {"max_epochs": 1, "accelerator": "cpu", "log_every_n_steps": 1},

@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from synth import synth_celeba_at
+
 #: The MCNN run of celeba_h100 at a small input (64 px crops of 72 px: Conv1 stride 1), a few steps.
 CPU_OVERRIDES: dict[str, Any] = {
     "seeds": [0], "trainer.accelerator": "cpu", "trainer.devices": 1, "trainer.max_epochs": 1,
@@ -43,11 +45,8 @@ def cxx_compiler() -> str | None:
 @pytest.fixture(scope="module")
 def synth_celeba_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SynthFaces in CelebA's layout: 64 images (16 identities x 4), 48 px."""
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
-
-    root = tmp_path_factory.mktemp("h100_on_cpu") / "celeba"
-    write_celeba(generate(SynthFacesConfig(n_identities=16, images_per_identity=4, image_size=48, seed=5, workers=1)), root)
-    return root
+    return synth_celeba_at(tmp_path_factory.mktemp("h100_on_cpu") / "celeba", n_identities=16, images_per_identity=4,
+                           image_size=48, seed=5)
 
 
 def test_the_overrides_keep_every_gpu_setting_of_the_suite(synth_celeba_64, tmp_path):

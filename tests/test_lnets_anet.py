@@ -441,10 +441,10 @@ def test_attribute_grouping_analysis(tmp_path: Path) -> None:
 def test_cascade_end_to_end_through_the_runner(tmp_path: Path) -> None:
     """All five stages chained with init_from on tiny wild SynthFaces: records, boxes, the table."""
     from benchmarks.runner import run_suite
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+    from synth import synth_celeba_at
 
-    root = write_celeba(generate(SynthFacesConfig(n_identities=8, images_per_identity=5, image_size=32, wild=True,
-                                                  wild_size=96, workers=1)), tmp_path / "synth", split_fractions=(0.5, 0.25, 0.25))
+    root = synth_celeba_at(tmp_path / "synth", split_fractions=(0.5, 0.25, 0.25), n_identities=8, images_per_identity=5,
+                           image_size=32, wild=True, wild_size=96)
     suite = tmp_path / "suite.yaml"
     lnet = {k: v for k, v in TINY_LNET.items()}
     lnet_plus = {**lnet, "batch_norm": True, "padding_mode": "reflect", "pooling": "global_max", "face_logit": True}

@@ -3,8 +3,6 @@ gloo processes on CPU) against one process."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,6 +14,8 @@ from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kap
 from datamodules.core.tasks import Target, TaskSpec, age_bins
 from datamodules.core.agreement import add_rater, loo_majority_agreement
 from lightning_modules.metrics import TaskMetrics, bin_centres, evaluate, summarize, tune_thresholds
+
+from gloo import run_on_gloo
 
 AGE_EDGES = (0, 10, 20, 30, 40)
 
@@ -256,11 +256,7 @@ def test_base_module_interface_and_summary(data):
 # ------------------------------------------------------------------------------------------------
 # DDP: two gloo processes on CPU, each updating on its part, give the single-process values
 # ------------------------------------------------------------------------------------------------
-def _ddp_worker(rank: int, world: int, init_file: str, payload: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    d = torch.load(payload, weights_only=False)
+def _task_rows_on_rank(rank: int, world: int, d: dict) -> list[dict]:
     task = mixed_task()
     idx = np.array_split(np.arange(len(d["probs"])), [130])[rank]          # unequal parts: 130 / 270
     metrics = TaskMetrics(task, extra_thresholds={"tuned": torch.as_tensor(d["tuned"])})
@@ -268,25 +264,15 @@ def _ddp_worker(rank: int, world: int, init_file: str, payload: str, out: str) -
         metrics.update(torch.as_tensor(d["probs"][part]), torch.as_tensor(d["labels"][part]),
                        votes={k: torch.as_tensor(v[part]) for k, v in d["votes"].items()},
                        ages=torch.as_tensor(d["ages"][part]))
-    rows = metrics.compute()
-    if rank == 0:
-        Path(out).write_text(json.dumps(rows))
-    dist.barrier()
-    dist.destroy_process_group()
+    return metrics.compute()
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(data, tmp_path):
-    import torch.multiprocessing as mp
-
     task, d, _ = data
     tuned = tune_thresholds(task, d["probs"], d["labels"])
-    payload = tmp_path / "payload.pt"
-    torch.save({**d, "tuned": tuned}, payload)
-    out = tmp_path / "rows.json"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(payload), str(out)), nprocs=2, join=True)
-    ddp = pd.DataFrame(json.loads(out.read_text()))
+    ddp = pd.DataFrame(run_on_gloo(_task_rows_on_rank, {**d, "tuned": tuned}, tmp_path=tmp_path))
     single = evaluate(task, d["probs"], d["labels"], tuned_thresholds=tuned, votes=d["votes"], ages=d["ages"], chunk=64)
     merged = single.merge(ddp, on=["target", "class", "metric"], suffixes=("_one", "_ddp"), how="outer")
     assert len(merged) == len(single) == len(ddp)

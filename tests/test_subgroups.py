@@ -4,8 +4,6 @@ under DDP (two gloo processes equal one)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -14,6 +12,8 @@ import torch
 
 from datamodules.core.tasks import Target, TaskSpec
 from lightning_modules.metrics.subgroups import SubgroupMetrics, subgroup_rows
+
+from gloo import run_on_gloo
 
 TASK = TaskSpec((Target("Male"), Target("Smiling"), Target("emotion", "multiclass", classes=("a", "b", "c"))), name="t")
 
@@ -77,34 +77,20 @@ def random_data(n: int = 301, seed: int = 0):
     return probs, labels
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, payload: str, out: str) -> None:
-    import torch.distributed as dist
-
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    d = torch.load(payload, weights_only=False)
-    idx = np.array_split(np.arange(len(d["labels"])), [101])[rank]           # unequal parts
+def _subgroup_rows_on_rank(rank: int, world: int, probs: np.ndarray, labels: np.ndarray) -> list[dict]:
+    idx = np.array_split(np.arange(len(labels)), [101])[rank]           # unequal parts
     m = SubgroupMetrics(TASK, "Male")
-    preds = TASK.predictions(torch.as_tensor(d["probs"]))
+    preds = TASK.predictions(torch.as_tensor(probs))
     for part in np.array_split(idx, 3):
-        m.update(preds[part], torch.as_tensor(d["labels"][part]))
-    rows = m.compute()
-    if rank == 0:
-        Path(out).write_text(json.dumps(rows))
-    dist.barrier()
-    dist.destroy_process_group()
+        m.update(preds[part], torch.as_tensor(labels[part]))
+    return m.compute()
 
 
 @pytest.mark.timeout(120)
 @pytest.mark.slow
 def test_ddp_two_processes_equal_one_process(tmp_path):
-    import torch.multiprocessing as mp
-
     probs, labels = random_data()
-    payload = tmp_path / "payload.pt"
-    torch.save({"probs": probs, "labels": labels}, payload)
-    out = tmp_path / "rows.json"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(payload), str(out)), nprocs=2, join=True)
-    ddp = pd.DataFrame(json.loads(out.read_text()))
+    ddp = pd.DataFrame(run_on_gloo(_subgroup_rows_on_rank, probs, labels, tmp_path=tmp_path))
     single = pd.DataFrame(subgroup_rows(TASK, probs, labels, ["Male"])).drop(columns="protected_attribute")
     merged = single.merge(ddp, on=["target", "class", "group", "metric"], suffixes=("_one", "_ddp"))
     assert len(merged) == len(single) == len(ddp) > 0

@@ -22,6 +22,8 @@ from lightning_modules.weighting.balance import alignment_matrix, imtl_weights
 from lightning_modules.weighting.conflict import cagrad_direction_weights, project_conflicting
 from lightning_modules.weighting.pareto import min_norm_weights, nash_weights
 
+from gloo import run_on_gloo
+
 #: Six CelebA attributes in five of MCNN's Table 1 groups (Mouth has two).
 TASK = TaskSpec.binary_attributes(["Male", "Smiling", "Wearing_Lipstick", "Bald", "Goatee", "Chubby"], name="mtl")
 TINY_MCNN = {"input_size": 40, "conv_filters": (8, 8, 8), "fc_units": 8}
@@ -389,28 +391,14 @@ def _train(name: str, rank: int = 0, world: int = 1, steps: int = 3, global_batc
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def _ddp_worker(rank: int, world: int, init_file: str, out: str) -> None:
-    import torch.distributed as dist
-
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    try:
-        results = {name: _train(name, rank, world) for name in DDP_WEIGHTINGS}
-        if rank == 0:
-            torch.save(results, out)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
+def _train_every_weighting(rank: int, world: int) -> dict:
+    return {name: _train(name, rank, world) for name in DDP_WEIGHTINGS}
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ddp_two_processes_equal_one_process(tmp_path: Path) -> None:
-    import torch.multiprocessing as mp
-
-    out = tmp_path / "ddp.pt"
-    mp.spawn(_ddp_worker, args=(2, str(tmp_path / "init"), str(out)), nprocs=2, join=True)
-    ddp = torch.load(out, weights_only=False)
+    ddp = run_on_gloo(_train_every_weighting, tmp_path=tmp_path)
     initial = mcnn({"weighting": "pcgrad", "tasks": "groups"}, dropout=0.0).state_dict()
     for name in DDP_WEIGHTINGS:
         single = _train(name)
