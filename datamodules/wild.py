@@ -24,8 +24,8 @@ defaults, ``null`` / ``false`` for off)::
 * ``seed``: with each image's path (relative to the dataset root), the only source of randomness,
   so an image gets the same canvas in every split, subset and machine.
 
-The background is the SynthFaces clutter (:func:`datamodules.synthfaces.render_clutter`) drawn as
-LNets' clutter negatives draw it (``lightning_modules.lnets_anet.clutter_canvases``: a flat colour,
+The background is the SynthFaces clutter canvas that LNets' clutter negatives use too
+(:func:`datamodules.synthfaces.clutter_canvas`: a flat colour,
 as many shapes per area as SynthFaces' canvases, 2x supersampled, Gaussian blur, sensor noise);
 the photo is pasted over it unchanged apart from the resize (``cv2.INTER_AREA`` shrinking,
 ``INTER_LINEAR`` enlarging), so the face region of a canvas is exactly the resized source.
@@ -65,7 +65,7 @@ from typing import Any, Iterator, Sequence
 
 import cv2
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image
 
 from datamodules.core.config import config_from_value
 from datamodules.core.io import atomic_write
@@ -186,18 +186,9 @@ def place(image_size: tuple[int, int], face_box: Sequence[float], cfg: WildConfi
 
 def clutter_background(side: int, channels: int, seed: int, key: int) -> np.ndarray:
     """``uint8 [side, side, channels]`` SynthFaces clutter (see the module docstring), from (seed, key)."""
-    from datamodules.synthfaces import BLUR_RADIUS_RANGE, CLUTTER_SHAPES, NOISE_SIGMA_MAX, render_clutter
+    from datamodules.synthfaces import clutter_canvas
 
-    rng = np.random.default_rng([int(seed), _STREAM_CLUTTER, int(key)])
-    area = (side / 64) ** 2
-    big = 2 * side
-    im = Image.new("RGB", (big, big), tuple(int(c) for c in rng.integers(30, 226, 3)))
-    render_clutter(ImageDraw.Draw(im), big, rng,
-                   int(rng.integers(int(CLUTTER_SHAPES[0] * area), int(CLUTTER_SHAPES[1] * area) + 1)))
-    radius = float(rng.uniform(*BLUR_RADIUS_RANGE)) * math.sqrt(side / 64)
-    im = im.resize((side, side), Image.Resampling.LANCZOS).filter(ImageFilter.GaussianBlur(radius))
-    a = np.asarray(im, np.float32) + rng.normal(0, rng.uniform(0, NOISE_SIGMA_MAX), (side, side, 3))
-    out = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+    out = clutter_canvas(side, np.random.default_rng([int(seed), _STREAM_CLUTTER, int(key)]))
     return cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[:, :, None] if channels == 1 else out
 
 

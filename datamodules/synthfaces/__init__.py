@@ -24,7 +24,7 @@ from datamodules.synthfaces.priors import (
     ATTRIBUTE_NAMES, BAD_RATER_ERROR, BLUR_RADIUS_RANGE, CLUTTER_SHAPES, FACIAL_HAIR_STYLES, NOISE_SIGMA_MAX,
     NOT_RENDERED, RATER_ERROR, SYNTHFACES_VERSION, TARGET_PREVALENCE,
 )
-from datamodules.synthfaces.render import render_clutter, render_single
+from datamodules.synthfaces.render import clutter_canvas, render_clutter, render_single
 from datamodules.synthfaces.sampling import rater_error_rates
 from datamodules.synthfaces.writers import WRITERS, atomic_output, write_celeba
 
@@ -32,5 +32,5 @@ __all__ = [
     "ATTRIBUTE_NAMES", "BAD_RATER_ERROR", "BLUR_RADIUS_RANGE", "CLUTTER_SHAPES", "FACIAL_HAIR_STYLES",
     "NOISE_SIGMA_MAX", "NOT_RENDERED", "RATER_ERROR", "SYNTHFACES_VERSION", "TARGET_PREVALENCE", "WRITERS",
     "SynthFacesConfig", "SynthFacesData", "SynthFacesDataModule", "atomic_output", "generate", "identity_split",
-    "rater_error_rates", "render_clutter", "render_single", "take", "write_celeba",
+    "clutter_canvas", "rater_error_rates", "render_clutter", "render_single", "take", "write_celeba",
 ]

@@ -1,4 +1,4 @@
-"""Rendering SynthFaces canvases: the background clutter (``render_clutter``), one supersampled
+"""Rendering SynthFaces canvases: the background clutter (``render_clutter``, ``clutter_canvas``), one supersampled
 canvas with a person and its post-processing (blur, contrast, lighting gradient, noise), one image
 with its labels, landmarks and optional wild canvas, and ``render_single`` (one image of a config,
 optionally with image-level traits overridden: counterfactual pairs).
@@ -6,6 +6,7 @@ optionally with image-level traits overridden: counterfactual pairs).
 
 from __future__ import annotations
 
+import math
 from typing import Mapping
 
 import numpy as np
@@ -16,7 +17,9 @@ from datamodules.synthfaces.draw import Painter, draw_person
 from datamodules.synthfaces.geometry import (
     VIEW_SPAN, FaceGeometry, apply_transform, face_box_points, face_geometry, landmarks5_from_68, view_transform,
 )
-from datamodules.synthfaces.priors import CLUTTER_SHAPES, STREAM_NOISE, STREAM_WILD, WILD_FACE_FRACTION
+from datamodules.synthfaces.priors import (
+    BLUR_RADIUS_RANGE, CLUTTER_SHAPES, NOISE_SIGMA_MAX, STREAM_NOISE, STREAM_WILD, WILD_FACE_FRACTION,
+)
 from datamodules.synthfaces.sampling import IdentityTraits, ImageTraits, sample_identity, sample_image, visible_labels
 
 
@@ -40,6 +43,22 @@ def render_clutter(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generato
             pts = rng.uniform(-r, r, (2, 2)) + (cx, cy)
             draw.line(pts.ravel().tolist(), fill=colour, width=max(1, int(r * 0.08)))
 
+
+
+def clutter_canvas(size: int, rng: np.random.Generator) -> np.ndarray:
+    """``uint8 [size, size, 3]``: SynthFaces' background alone (no person), from ``rng``: a flat colour
+    and random shapes (``render_clutter``), as many shapes per area as the generator's canvases, 2x
+    supersampled, a Gaussian blur of the generator's radius range (scaled by ``sqrt(size / 64)``) and
+    sensor noise. Used for LNet's clutter negatives and the wild composites' backgrounds."""
+    area = (size / 64) ** 2
+    big = 2 * size
+    im = Image.new("RGB", (big, big), tuple(int(c) for c in rng.integers(30, 226, 3)))
+    render_clutter(ImageDraw.Draw(im), big, rng,
+                   int(rng.integers(int(CLUTTER_SHAPES[0] * area), int(CLUTTER_SHAPES[1] * area) + 1)))
+    radius = float(rng.uniform(*BLUR_RADIUS_RANGE)) * math.sqrt(size / 64)
+    im = im.resize((size, size), Image.Resampling.LANCZOS).filter(ImageFilter.GaussianBlur(radius))
+    a = np.asarray(im, np.float32) + rng.normal(0, rng.uniform(0, NOISE_SIGMA_MAX), (size, size, 3))
+    return np.clip(np.rint(a), 0, 255).astype(np.uint8)
 
 def _supersample(size: int) -> int:
     return 3 if size <= 96 else 2

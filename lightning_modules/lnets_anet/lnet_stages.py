@@ -4,7 +4,6 @@ only, and the clutter-only images of their optional "face present" output."""
 
 from __future__ import annotations
 
-import math
 import zlib
 from dataclasses import replace
 from typing import Any, ClassVar, Sequence
@@ -27,22 +26,10 @@ def clutter_canvases(n: int, size: int, seed: int) -> torch.Tensor:
     and random shapes drawn by the generator's clutter routine (``datamodules.synthfaces.render_clutter``),
     as many shapes per area as its canvases, 2x supersampled, Gaussian blur of the generator's radius
     range (scaled by ``sqrt(size / 64)``) and sensor noise. Deterministic in ``seed``."""
-    from PIL import Image, ImageDraw, ImageFilter
-
-    from datamodules.synthfaces import BLUR_RADIUS_RANGE, CLUTTER_SHAPES, NOISE_SIGMA_MAX, render_clutter
+    from datamodules.synthfaces import clutter_canvas
 
     rng = np.random.default_rng([int(seed), 0x10E7])
-    area = (size / 64) ** 2
-    out = np.empty((n, size, size, 3), dtype=np.uint8)
-    for i in range(n):
-        big = 2 * size
-        im = Image.new("RGB", (big, big), tuple(int(c) for c in rng.integers(30, 226, 3)))
-        render_clutter(ImageDraw.Draw(im), big, rng,
-                       int(rng.integers(int(CLUTTER_SHAPES[0] * area), int(CLUTTER_SHAPES[1] * area) + 1)))
-        radius = float(rng.uniform(*BLUR_RADIUS_RANGE)) * math.sqrt(size / 64)
-        im = im.resize((size, size), Image.Resampling.LANCZOS).filter(ImageFilter.GaussianBlur(radius))
-        a = np.asarray(im, np.float32) + rng.normal(0, rng.uniform(0, NOISE_SIGMA_MAX), (size, size, 3))
-        out[i] = np.clip(np.rint(a), 0, 255)
+    out = np.stack([clutter_canvas(size, rng) for _ in range(n)]) if n else np.empty((0, size, size, 3), np.uint8)
     return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous()
 
 
