@@ -237,3 +237,23 @@ def test_bad_config_names_the_key_and_the_allowed_values(tmp_path, patch, messag
     if "trainr" in message:   # and the command says it in one line, without a traceback
         proc = facebench("run", str(path), check=False)
         assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.slow
+def test_equal_weighting_reproduces_the_plain_run(tmp_path, synth_root, monkeypatch):
+    """Issue 15: with ``mtl: {weighting: equal}`` a suite run gives today's numbers bit for bit; the
+    two run configs differ only in the method key and the new ``mtl`` argument."""
+    mcnn = {"method": "mcnn", "args": {"input_size": 32}}
+    methods = {"mcnn": mcnn, "mcnn_equal": {"method": "mcnn", "args": {"input_size": 32, "mtl": {"weighting": "equal"}}}}
+    suite = write_suite(tmp_path / "s.yaml", tmp_path / "r", synth_root, methods, trainer={"max_epochs": 1})
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")    # bitwise: one thread (README, "Reliability")
+    facebench("run", str(suite))
+    runs = tmp_path / "r" / "runs"
+    plain, equal = (np.load(runs / f"{key}--synth--s0" / "predictions_test.npz") for key in methods)
+    assert plain.files == equal.files and all(np.array_equal(plain[k], equal[k]) for k in plain.files)
+    pd.testing.assert_series_equal(metrics_of(runs / "mcnn--synth--s0"), metrics_of(runs / "mcnn_equal--synth--s0"))
+    cfg = {key: yaml.safe_load((runs / f"{key}--synth--s0" / "config.yaml").read_text()) for key in methods}
+    flat = {key: pd.json_normalize(c, sep=".").iloc[0].to_dict() for key, c in cfg.items()}
+    differing = {k for k in flat["mcnn"].keys() | flat["mcnn_equal"].keys()
+                 if flat["mcnn"].get(k) != flat["mcnn_equal"].get(k)}
+    assert differing and all(k in ("method_key", "run_id", "method.args.mtl.weighting") for k in differing), differing
