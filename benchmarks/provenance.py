@@ -58,3 +58,11 @@ def provenance(config: Any) -> dict[str, str]:
     """Flat provenance columns added to every result row."""
     return {"config_hash": config_hash(config), "git_commit": git_commit(),
             **{f"version_{k}": v for k, v in package_versions().items()}}
+
+
+def result_info(command: str, **extra: Any) -> dict[str, Any]:
+    """The ``*_info.json`` sidecar of a results file: the command, commit, time, versions, machine."""
+    import time
+
+    return {**extra, "command": command, "git_commit": git_commit(), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "versions": package_versions(), "machine": machine()}

@@ -11,13 +11,12 @@ next to ours), the rater-agreement tables and confusion matrices as CSV / Markdo
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import pandas as pd
 
 from datamodules.core.io import write_csv, write_json
-from benchmarks.provenance import git_commit, machine, package_versions
+from benchmarks.provenance import result_info
 from benchmarks.records import finished_run_dirs
 
 KEYS = ["method", "dataset", "split", "seed", "target", "class"]
@@ -75,9 +74,7 @@ def summary_table(board: pd.DataFrame, split: str = "test") -> pd.DataFrame:
 
 def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | None, command: str) -> None:
     write_csv(results_dir / "leaderboard.csv", board, float_format="%.6g")
-    write_json(results_dir / "leaderboard_info.json", {
-        "suite": suite_name or results_dir.name, "command": command, "git_commit": git_commit(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "versions": package_versions(), "machine": machine()})
+    write_json(results_dir / "leaderboard_info.json", result_info(command, suite=suite_name or results_dir.name))
 
 
 def write_report_tables(metrics: pd.DataFrame, results_dir: Path, suite_name: str | None = None) -> list[Path]:

@@ -307,6 +307,9 @@ def test_branch_selection_picks_best_validation_depth(tmp_path):
     assert chosen == {"emotion": "conv19", "gender": "fc"}                  # tie -> the deeper branch
     assert run_analysis("branch-selection", [str(tmp_path), "--out", str(tmp_path / "grid.csv")]) == 0
     assert pd.read_csv(tmp_path / "grid.csv")["chosen"].sum() == 2
+    info = json.loads((tmp_path / "grid_info.json").read_text())          # every --out file gets its provenance
+    assert info["analysis"] == "branch-selection" and info["command"].startswith("facebench analyze branch-selection")
+    assert {"git_commit", "versions", "created"} <= set(info)
 
 
 @pytest.mark.slow

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+from pathlib import Path
 from typing import Callable
 
 from datamodules.core.registry import Registry
@@ -26,6 +27,24 @@ register_analysis = ANALYSES.register
 analysis_names = ANALYSES.names
 
 
+def _out_path(argv: list[str]) -> Path | None:
+    for i, arg in enumerate(argv):
+        if arg == "--out" and i + 1 < len(argv):
+            return Path(argv[i + 1])
+        if arg.startswith("--out="):
+            return Path(arg.split("=", 1)[1])
+    return None
+
+
 def run_analysis(name: str, argv: list[str]) -> int:
-    """Run the analysis registered as ``name`` on its arguments; returns its exit code."""
-    return ANALYSES.get(name)(argv)
+    """Run the analysis registered as ``name`` on its arguments; returns its exit code. A file written
+    with ``--out PATH`` gets its provenance beside it, ``<stem>_info.json`` (command, commit, versions)."""
+    code = ANALYSES.get(name)(argv)
+    out = _out_path(argv)
+    if code == 0 and out is not None and out.is_file():
+        from benchmarks.provenance import result_info
+        from datamodules.core.io import write_json
+
+        write_json(out.with_name(f"{out.stem}_info.json"),
+                   result_info(" ".join(["facebench", "analyze", name, *argv]), analysis=name))
+    return code
