@@ -141,6 +141,8 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     targets = _target_rows(board)
     for (dataset, method), grp in targets.groupby(["dataset", "method"], sort=True):
         per_seed = grp.groupby("seed")[[m for m in HEADLINE if m in grp.columns]].mean()
+        if per_seed.isna().all().all():
+            continue                    # a stage without attribute outputs (e.g. identity pre-training)
         row: dict[str, Any] = {"suite": suite, "dataset": dataset, "method": method}
         for metric in HEADLINE:
             if metric not in per_seed:
@@ -178,7 +180,28 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
         else:
             row["paper"] = ""
         rows.append(row)
+    flag_small_gains(rows)
     return rows
+
+
+#: A trained method's mean balanced accuracy should beat its dataset's majority baseline by this much.
+MIN_GAIN_OVER_MAJORITY = 0.05
+
+
+def flag_small_gains(rows: list[dict[str, Any]], baseline: str = "majority") -> None:
+    """Append to the note of every row whose mean balanced accuracy is less than
+    ``MIN_GAIN_OVER_MAJORITY`` above the same dataset's ``baseline`` row, so a table never shows such a
+    row without saying so."""
+    floor = {r["dataset"]: r.get("balanced_accuracy") for r in rows if r["method"] == baseline}
+    for r in rows:
+        base = floor.get(r["dataset"])
+        value = r.get("balanced_accuracy")
+        if r["method"] == baseline or base is None or value is None or math.isnan(value) or math.isnan(base):
+            continue
+        gain = value - base
+        if gain < MIN_GAIN_OVER_MAJORITY:
+            flag = f"balanced accuracy only {100 * gain:+.1f} points over the majority baseline"
+            r["note"] = "; ".join(x for x in (r.get("note"), flag) if x)
 
 
 def build_cross_suite(results_root: str | Path | None = None, reported_path: str | Path | None = None) -> pd.DataFrame:

@@ -57,3 +57,19 @@ def test_rebuild_is_byte_identical(tmp_path):
     write_cross_suite(tmp_path)
     assert (csv_path.read_bytes(), md_path.read_bytes()) == first
     assert "| `mcnn` |" in md_path.read_text()
+
+
+def test_small_gains_over_the_majority_are_flagged_and_stages_without_outputs_dropped(tmp_path):
+    d = tmp_path / "celeba"
+    d.mkdir()
+    rows = []
+    for method, bal in (("majority", 0.50), ("good", 0.62), ("weak", 0.53), ("anet_identity", np.nan)):
+        for a in CELEBA_ATTRIBUTES[:4]:
+            rows.append({"method": method, "dataset": "celeba", "split": "test", "seed": 0, "attribute": a, "class": "",
+                         "accuracy": bal + 0.3, "balanced_accuracy": bal, "auroc": bal})
+    pd.DataFrame(rows).to_csv(d / "leaderboard.csv", index=False)
+    (d / "leaderboard_info.json").write_text(json.dumps({"suite": "celeba"}))
+    df = build_cross_suite(tmp_path).set_index("method")
+    assert "anet_identity" not in df.index
+    assert "+3.0 points over the majority" in df.at["weak", "note"]
+    assert "majority baseline" not in df.at["good", "note"] and "majority baseline" not in df.at["majority", "note"]
