@@ -144,6 +144,9 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
     from benchmarks.multitask_report import write_suite_multitask   # Δm%, mean rank, tests vs the baseline
 
     written += write_suite_multitask(board, results_dir, suite_name or results_dir.name)
+    from benchmarks.mixture_report import write_suite_mixture      # a mixture against each dataset alone
+
+    written += write_suite_mixture(board, results_dir, suite_name or results_dir.name)
     if figures:
         written += write_report_figures(results_dir)
     if written:
