@@ -17,7 +17,8 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
 * where the suite names the published row and the paper reports the same dataset: the paper's
   value (its mean over the same targets), with the scale of both trainings in a note;
 * where the data has rater votes: the human ceiling (a rater against the majority of the other
-  raters, ``rater_accuracy_loo``) and the model's gap to it;
+  raters, ``rater_accuracy_loo``) and the model's gap to it, both over the targets that have votes
+  (in a mixture of datasets, only some targets do);
 * where the suite names protected attributes (``subgroups``): the mean over targets of the
   worst-group accuracy and of the equal-opportunity difference per protected attribute (from the
   suite's committed ``subgroups.csv``);
@@ -152,9 +153,10 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
             row[f"{metric}_ci95"] = (s["ci95_high"] - s["mean"]) if s["seeds"] > 1 else math.nan
             row["seeds"] = int(s["seeds"])
         if "rater_accuracy_loo" in grp and grp["rater_accuracy_loo"].notna().any():
-            ceiling = float(grp.groupby("seed")["rater_accuracy_loo"].mean().mean())
-            row["human_ceiling"] = ceiling
-            row["gap_to_human"] = row["accuracy"] - ceiling
+            # over the targets that have votes only (a mixture also has targets without raters)
+            voted = grp[grp["rater_accuracy_loo"].notna()].groupby("seed")[["rater_accuracy_loo", "accuracy"]].mean().mean()
+            row["human_ceiling"] = float(voted["rater_accuracy_loo"])
+            row["gap_to_human"] = float(voted["accuracy"] - voted["rater_accuracy_loo"])
         first = grp.iloc[0]
         for key in SETTINGS:
             if key in grp:

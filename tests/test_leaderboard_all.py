@@ -73,3 +73,18 @@ def test_small_gains_over_the_majority_are_flagged_and_stages_without_outputs_dr
     assert "anet_identity" not in df.index
     assert "+3.0 points over the majority" in df.at["weak", "note"]
     assert "majority baseline" not in df.at["good", "note"] and "majority baseline" not in df.at["majority", "note"]
+
+
+def test_human_gap_is_over_the_targets_with_votes(tmp_path):
+    """A mixture's targets without raters count in the accuracy column, not in the gap to humans."""
+    rows = [{"method": "net", "dataset": "faces", "split": "test", "seed": 0, "attribute": a, "class": "",
+             "accuracy": acc, "balanced_accuracy": acc, "auroc": acc, "rater_accuracy_loo": loo}
+            for a, acc, loo in (("emotion", 0.60, 0.70), ("Smiling", 0.90, None), ("Male", 0.96, None))]
+    d = tmp_path / "mix"
+    d.mkdir()
+    pd.DataFrame(rows).to_csv(d / "leaderboard.csv", index=False)
+    (d / "leaderboard_info.json").write_text(json.dumps({"suite": "mix"}))
+    row = build_cross_suite(tmp_path).iloc[0]
+    assert row["accuracy"] == pytest.approx(0.82)
+    assert row["human_ceiling"] == pytest.approx(0.70)
+    assert row["gap_to_human"] == pytest.approx(-0.10)
