@@ -45,7 +45,9 @@ MATRIX_KEYS = {"exclude"}
 LOGGING_KEYS = {"wandb", "csv"}
 WANDB_KEYS = {"enabled", "mode", "project", "entity", "tags", "log_model"}
 EARLY_STOPPING_KEYS = {"monitor", "mode", "patience", "min_delta"}
-EVALUATION_KEYS = {"splits", "tune_thresholds_on", "threshold_criterion"}
+EVALUATION_KEYS = {"splits", "tune_thresholds_on", "threshold_criterion", "checkpoint"}
+#: Which checkpoint a run evaluates (``evaluation.checkpoint``).
+EVALUATION_CHECKPOINTS = ("best", "last")
 MULTITASK_KEYS = {"baseline", "metrics"}
 
 DEFAULT_TRAINER = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "32-true",
@@ -147,6 +149,9 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
     _check_keys("matrix", raw.get("matrix"), MATRIX_KEYS, source)
     _check_keys("early_stopping", raw.get("early_stopping"), EARLY_STOPPING_KEYS, source)
     _check_keys("evaluation", raw.get("evaluation"), EVALUATION_KEYS, source)
+    checkpoint = (raw.get("evaluation") or {}).get("checkpoint", "best")
+    if checkpoint not in EVALUATION_CHECKPOINTS:
+        raise SuiteConfigError(f"{source}: evaluation.checkpoint is {checkpoint!r}; expected one of {', '.join(EVALUATION_CHECKPOINTS)}")
     _check_keys("multitask", raw.get("multitask"), MULTITASK_KEYS, source)
     name = raw.get("name") or path.stem
     datasets, methods = raw.get("datasets") or {}, raw.get("methods") or {}

@@ -129,8 +129,10 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         trainer.fit(model, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
         train_time = time.time() - fit_start
         best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
-        if model.evaluation_checkpoint == "last" and last.is_file():
-            best = ""   # per-network selection: the last checkpoint holds every network's best weights
+        if (model.evaluation_checkpoint == "last" or (cfg.get("evaluation") or {}).get("checkpoint") == "last") \
+                and last.is_file():
+            best = ""   # per-network selection (the last checkpoint holds every network's best weights) or the
+            #             suite's ``evaluation: {checkpoint: last}`` (the final epoch of a fixed schedule)
         ckpt_path = best if best and Path(best).is_file() else (str(last) if last.is_file() else None)
         eval_start = time.time()
         trainer.test(model, dataloaders=[dm.eval_dataloader(s) for s in splits], ckpt_path=ckpt_path, verbose=False)

@@ -257,3 +257,19 @@ def test_equal_weighting_reproduces_the_plain_run(tmp_path, synth_root, monkeypa
     differing = {k for k in flat["mcnn"].keys() | flat["mcnn_equal"].keys()
                  if flat["mcnn"].get(k) != flat["mcnn_equal"].get(k)}
     assert differing and all(k in ("method_key", "run_id", "method.args.mtl.weighting") for k in differing), differing
+
+
+def test_evaluation_checkpoint_last_evaluates_the_final_epoch(tmp_path, synth_root):
+    """``evaluation: {checkpoint: last}`` tests the final epoch's weights instead of the monitored best;
+    an unknown value is a config error naming the allowed ones."""
+    path = write_suite(tmp_path / "s.yaml", tmp_path / "r", synth_root, {"resnet": TIMM})
+    suite = yaml.safe_load(path.read_text())
+    suite["evaluation"] = {"checkpoint": "last"}
+    path.write_text(yaml.safe_dump(suite))
+    facebench("run", str(path))
+    status = json.loads((tmp_path / "r" / "runs" / "resnet--synth--s0" / "status.json").read_text())
+    assert status["state"] == "done" and status["best_checkpoint"].endswith("last.ckpt")
+    suite["evaluation"] = {"checkpoint": "latest"}
+    path.write_text(yaml.safe_dump(suite))
+    with pytest.raises(SuiteConfigError, match="evaluation.checkpoint is 'latest'; expected one of best, last"):
+        load_suite(str(path))
