@@ -267,9 +267,48 @@ def test_evaluation_checkpoint_last_evaluates_the_final_epoch(tmp_path, synth_ro
     suite["evaluation"] = {"checkpoint": "last"}
     path.write_text(yaml.safe_dump(suite))
     facebench("run", str(path))
-    status = json.loads((tmp_path / "r" / "runs" / "resnet--synth--s0" / "status.json").read_text())
+    run_dir = tmp_path / "r" / "runs" / "resnet--synth--s0"
+    status = json.loads((run_dir / "status.json").read_text())
     assert status["state"] == "done" and status["best_checkpoint"].endswith("last.ckpt")
     suite["evaluation"] = {"checkpoint": "latest"}
     path.write_text(yaml.safe_dump(suite))
     with pytest.raises(SuiteConfigError, match="evaluation.checkpoint is 'latest'; expected one of best, last"):
         load_suite(str(path))
+
+
+def test_last_checkpoint_is_the_final_epoch_even_when_the_monitor_stops_improving(tmp_path):
+    """Lightning (>= 2.4) writes ``save_last`` only together with a top-k checkpoint; the runner's
+    ``last.ckpt`` must be the final epoch regardless (resume, ``evaluation.checkpoint: last`` and the
+    per-network selection, which keeps every network's best weights in it, read it)."""
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader
+
+    from benchmarks.worker import build_trainer
+
+    class Worsening(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.w = torch.nn.Linear(1, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.w(batch["image"]).pow(2).mean()
+
+        def validation_step(self, batch, batch_idx):
+            self.log("val/loss", float(self.current_epoch))     # best at epoch 0, worse every epoch after
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+        def train_dataloader(self):
+            return DataLoader([{"image": torch.ones(1)}] * 4, batch_size=2)
+
+        val_dataloader = train_dataloader
+
+    cfg = {"run_id": "t", "seed": 0, "trainer": {"max_epochs": 3, "accelerator": "cpu", "devices": 1},
+           "logging": {"wandb": {"enabled": False}}}
+    trainer = build_trainer(cfg, tmp_path, ("val/loss", "min"))
+    trainer.fit(Worsening())
+    epochs = {name: torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
+              for name in ("best", "last")}
+    assert epochs == {"best": 0, "last": 2}
