@@ -57,9 +57,10 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], 
         trainer_cfg.pop("strategy", None)
     callbacks: list[Any] = [
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="best", monitor=monitor[0], mode=monitor[1],
-                        save_top_k=1, enable_version_counter=False),
-        # last.ckpt: the final epoch, rewritten every epoch. Not ``save_last=True``: Lightning (>= 2.4) writes
-        # that only with a top-k checkpoint, i.e. at the last *improvement*, and resume, the per-network
+                        save_last=True, save_top_k=1, enable_version_counter=False),
+        # last.ckpt rewritten every epoch. ``save_last=True`` alone is not enough: Lightning (>= 2.4) writes it
+        # only with a new top-k checkpoint, i.e. at the last *improvement* (plus once at the end of a fit that
+        # saved nothing, which closed-form stages without an optimiser step rely on); resume, the per-network
         # selection and ``evaluation: {checkpoint: last}`` need the final epoch.
         ModelCheckpoint(dirpath=run_dir / "checkpoints", filename="last", monitor=None, save_top_k=1,
                         enable_version_counter=False),
