@@ -12,8 +12,8 @@ member, method), from the leaderboard's target-level test rows:
   for the member-alone run, and their difference (mixture minus alone; over seed-matched pairs, with
   a 95% Student-t half-width when there are several);
 * Δm%: the mean over the member's targets and the metrics of the signed relative change of the
-  mixture against the member alone (:mod:`benchmarks.multitask`'s definition, each metric's
-  direction from ``lower_is_better``; positive: the mixture is better).
+  mixture against the member alone (:func:`benchmarks.multitask.delta_m` with the member-alone run as
+  the baseline; positive: the mixture is better).
 
 ``facebench report`` writes ``<results>/mixture.csv`` and ``<results>/mixture.md``.
 """
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from benchmarks.multitask import delta_m
 from benchmarks.stats import seed_summary
 from datamodules.core.io import write_csv, write_text
-from lightning_modules.metrics import lower_is_better
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
 
@@ -72,7 +72,6 @@ def mixture_table(board: pd.DataFrame, pairs: list[tuple[str, str, str]], metric
                                    "targets": len(targets)}
             paired = m.merge(a, on=["seed", "attribute"], suffixes=("_mixture", "_alone"))
             row["seeds"] = int(paired["seed"].nunique())
-            changes = []
             for metric in metrics:
                 for kind, df in (("mixture", m), ("alone", a)):
                     row[f"{metric}_{kind}"] = df.groupby("seed")[metric].mean().mean()
@@ -80,14 +79,10 @@ def mixture_table(board: pd.DataFrame, pairs: list[tuple[str, str, str]], metric
                 s = seed_summary(diff)
                 row[f"{metric}_difference"] = s["mean"]
                 row[f"{metric}_difference_ci95"] = s["ci95_high"] - s["mean"] if s["seeds"] > 1 else np.nan
-                base = paired[f"{metric}_alone"]
-                sign = -1.0 if lower_is_better(metric) else 1.0
-                change = sign * (paired[f"{metric}_mixture"] - base) / base.where(base != 0)
-                changes.append(pd.DataFrame({"seed": paired["seed"], "change": change}))
-            per_seed = pd.concat(changes).groupby("seed")["change"].mean() * 100
-            s = seed_summary(per_seed)
-            row["delta_m_pct"] = s["mean"]
-            row["delta_m_ci95"] = s["ci95_high"] - s["mean"] if s["seeds"] > 1 else np.nan
+            # Δm%: the multi-task definition, with the member-alone run as the single-task baseline
+            pair = pd.concat([m.assign(method="mixture"), a.assign(method="alone")]).assign(dataset=member)
+            dm = delta_m(pair, "alone", metrics, split).set_index("method").loc["mixture"]
+            row["delta_m_pct"], row["delta_m_ci95"] = dm["delta_m_pct"], dm["delta_m_ci95"]
             rows.append(row)
     return pd.DataFrame(rows)
 
