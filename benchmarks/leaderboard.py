@@ -17,8 +17,9 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
 * where the suite names the published row and the paper reports the same dataset: the paper's
   value (its mean over the same targets), with the scale of both trainings in a note;
 * where the data has rater votes: the human ceiling (a rater against the majority of the other
-  raters, ``rater_accuracy_loo``) and the model's gap to it, both over the targets that have votes
-  (in a mixture of datasets, only some targets do);
+  raters, ``rater_accuracy_loo``) and the model's gap to it, the model scored the same way on the
+  same images (``model_accuracy_loo``), both over the targets that have votes (in a mixture of
+  datasets, only some targets do);
 * where the suite names protected attributes (``subgroups``): the mean over targets of the
   worst-group accuracy and of the equal-opportunity difference per protected attribute (from the
   suite's committed ``subgroups.csv``);
@@ -154,9 +155,12 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
             row["seeds"] = int(s["seeds"])
         if "rater_accuracy_loo" in grp and grp["rater_accuracy_loo"].notna().any():
             # over the targets that have votes only (a mixture also has targets without raters)
-            voted = grp[grp["rater_accuracy_loo"].notna()].groupby("seed")[["rater_accuracy_loo", "accuracy"]].mean().mean()
+            # and scored like the raters: the model against the others' majority on the same images
+            # (``model_accuracy_loo``), not its accuracy on the labelled images (a subset: no ties)
+            model = "model_accuracy_loo" if "model_accuracy_loo" in grp and grp["model_accuracy_loo"].notna().any() else "accuracy"
+            voted = grp[grp["rater_accuracy_loo"].notna()].groupby("seed")[["rater_accuracy_loo", model]].mean().mean()
             row["human_ceiling"] = float(voted["rater_accuracy_loo"])
-            row["gap_to_human"] = float(voted["accuracy"] - voted["rater_accuracy_loo"])
+            row["gap_to_human"] = float(voted[model] - voted["rater_accuracy_loo"])
         first = grp.iloc[0]
         for key in SETTINGS:
             if key in grp:

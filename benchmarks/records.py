@@ -56,11 +56,20 @@ class RunRecord:
 
 
 def finished_run_dirs(results_dir: str | Path) -> list[Path]:
-    """Run folders under ``results_dir`` (searched recursively) whose status is ``done``."""
+    """Run folders under ``results_dir`` (searched recursively) whose status is ``done``. A run id
+    (the folder's name: method, dataset, seed) found twice, e.g. an old copy kept in a sub-folder,
+    is an error naming both folders: a report would otherwise count one of them silently."""
     from datamodules.core.io import read_json
     from benchmarks.worker import STATUS
 
-    return [p.parent for p in sorted(Path(results_dir).rglob(STATUS)) if (read_json(p, {}) or {}).get("state") == "done"]
+    done = [p.parent for p in sorted(Path(results_dir).rglob(STATUS)) if (read_json(p, {}) or {}).get("state") == "done"]
+    seen: dict[str, Path] = {}
+    for run_dir in done:
+        if run_dir.name in seen:
+            raise ValueError(f"{results_dir}: run {run_dir.name} is there twice ({seen[run_dir.name]} and {run_dir}); "
+                             "move the one that should not be reported out of the results folder")
+        seen[run_dir.name] = run_dir
+    return done
 
 
 def load_run_record(run_dir: Path, split: str = "test") -> RunRecord | None:

@@ -88,3 +88,18 @@ def test_human_gap_is_over_the_targets_with_votes(tmp_path):
     assert row["accuracy"] == pytest.approx(0.82)
     assert row["human_ceiling"] == pytest.approx(0.70)
     assert row["gap_to_human"] == pytest.approx(-0.10)
+
+
+def test_human_gap_scores_the_model_like_the_raters(tmp_path):
+    """The ceiling is each rater against the others' majority over every voted image (ties too); the
+    gap compares it with the model scored the same way, not with its accuracy on the labelled subset."""
+    rows = [{"method": "net", "dataset": "fer", "split": "test", "seed": 0, "attribute": "emotion", "class": "",
+             "accuracy": 0.81, "balanced_accuracy": 0.6, "auroc": 0.9, "rater_accuracy_loo": 0.70,
+             "model_accuracy_loo": 0.76}]
+    d = tmp_path / "fer"
+    d.mkdir()
+    pd.DataFrame(rows).to_csv(d / "leaderboard.csv", index=False)
+    (d / "leaderboard_info.json").write_text(json.dumps({"suite": "fer"}))
+    row = build_cross_suite(tmp_path).iloc[0]
+    assert row["accuracy"] == pytest.approx(0.81)
+    assert row["gap_to_human"] == pytest.approx(0.06)

@@ -271,3 +271,22 @@ def test_subset_average_rows():
     assert t.std.at[label, "netA"] == pytest.approx(np.std(per_seed, ddof=1))
     assert t.mean.at[label, "majority"] == pytest.approx(np.mean([0.6, 0.97]))
     assert f"| **{label}** |" in t.to_markdown()
+
+
+def test_a_run_found_twice_in_a_results_folder_is_an_error_naming_both(tmp_path, capsys):
+    """An old copy of a finished run kept beside the new one (e.g. ``runs_old/``) must not be
+    reported silently in its place: the report stops and names both folders."""
+    import json
+
+    from benchmarks.cli import main
+    from benchmarks.records import finished_run_dirs
+
+    for parent in ("runs", "runs_old"):
+        run_dir = tmp_path / "suite" / parent / "resnet18--ferplus--s0"
+        run_dir.mkdir(parents=True)
+        (run_dir / "status.json").write_text(json.dumps({"state": "done"}))
+    with pytest.raises(ValueError, match=r"resnet18--ferplus--s0 is there twice .*runs_old"):
+        finished_run_dirs(tmp_path / "suite")
+    assert main(["report", str(tmp_path / "suite")]) != 0
+    err = capsys.readouterr().err
+    assert "is there twice" in err and len(err.strip().splitlines()) == 1
