@@ -123,7 +123,7 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
     write_text(run_dir / "task.json", task.to_json())
     preds: dict[str, dict[str, np.ndarray]] = {}
     for split, c in collected.items():
-        ids = np.asarray(dm.tables[split].paths)[c["index"]] if split in dm.tables else c["index"].astype(str)
+        ids = dm.tables[split].sample_ids()[c["index"]] if split in dm.tables else c["index"].astype(str)
         arrays = {**c, "ids": ids.astype(str), **exact_ages(dm, split, c["index"], task)}
         write_npz(run_dir / f"predictions_{split}.npz", **arrays)
         preds[split] = arrays

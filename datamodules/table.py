@@ -9,6 +9,10 @@ from typing import Sequence
 import numpy as np
 
 
+#: ``SampleTable.extra`` key of the source image paths when ``paths`` point at derived images (wild canvases).
+SOURCE_PATH = "source_path"
+
+
 @dataclass
 class SampleTable:
     """Everything known about the samples of one split, as aligned arrays.
@@ -31,6 +35,12 @@ class SampleTable:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def sample_ids(self) -> np.ndarray:
+        """One stable id per row, the image's path relative to the dataset root: also after ``wild``
+        replaced ``paths`` by its cached canvases (whose file names change with the cache key), so
+        the predictions of two runs on the same images pair up (``extra["source_path"]``)."""
+        return np.asarray(self.extra.get(SOURCE_PATH, self.paths)).astype(str)
 
     def take(self, idx: Sequence[int] | np.ndarray) -> "SampleTable":
         idx = np.asarray(idx, dtype=np.int64)

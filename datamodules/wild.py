@@ -69,6 +69,7 @@ from PIL import Image
 
 from datamodules.core.config import config_from_value
 from datamodules.core.io import atomic_write
+from datamodules.table import SOURCE_PATH
 
 #: Bump when the pixels or the placement of a canvas change for the same settings.
 WILD_VERSION = 1
@@ -326,6 +327,7 @@ def apply_wild(dm: Any) -> None:
                     _write_png(out, composite(load_image(src), pl, cfg, k))
                     stats["written"] += 1
                 new_paths.append(str(out))
+            tab.extra.setdefault(SOURCE_PATH, np.asarray(tab.paths, dtype=object))   # the ids of the predictions
             tab.paths = new_paths
         tab.boxes = np.stack([pl.box for pl in placements]).astype(np.float32)
         if tab.landmarks is not None:

@@ -401,6 +401,26 @@ def test_linear_classifiers_fit_and_live_in_buffers() -> None:
     assert all(min(abs(c - g) / g for g in (0.001, 0.01, 0.1, 1.0)) < 1e-6 for c in final.classifier_c_chosen[:5].tolist())
 
 
+def test_classifier_c_is_not_chosen_from_folds_missing_a_class() -> None:
+    """An attribute whose positives sit on one identity cannot be cross-validated over 3 identity
+    folds (a training fold has no positive and every score is nan); it keeps the first C, quietly,
+    while a well-spread attribute's C is still chosen by the folds."""
+    import warnings
+
+    torch.manual_seed(3)
+    final = create_method("lnets_anet", TASK, input_size=48, anet=TINY_ANET, classifier_c=[0.5, 0.001])
+    x = torch.randn(200, final.classifier_weight.shape[1])
+    groups = torch.arange(200) // 10                          # 20 identities of 10 images
+    y = torch.stack([(x[:, i] > 0).long() for i in range(TASK.n_logits)], 1)
+    y[:, 1] = (groups < 1).long()                             # 10 positives, all on identity 0
+    final._train_parts = [(x, y, groups)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                        # no FitFailedWarning / nan-score warning
+        final.fit_classifiers()
+    assert final.classifier_c_chosen[1].item() == pytest.approx(0.5)
+    assert final.classifier_c_chosen[0].item() == pytest.approx(0.5)   # separable: the larger C wins the folds
+
+
 def test_pretrained_weights_offline_error_and_local_file(tmp_path: Path) -> None:
     import torchvision
 

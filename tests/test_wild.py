@@ -166,6 +166,26 @@ def test_cache_reused_and_keyed_by_settings(synth_celeba):
     assert caches[0].pixels_path != caches[1].pixels_path
 
 
+def test_prediction_ids_are_the_source_paths_across_cache_keys(synth_celeba, tmp_path):
+    """The canvases' file names carry the source file's mtime (the cache notices a changed photo), so
+    a re-copied dataset gets new names for the same pixels; the ids that pair two runs' predictions
+    are the source paths and stay equal."""
+    import os
+    import shutil
+
+    copy = tmp_path / "celeba"
+    shutil.copytree(synth_celeba, copy)
+    first = _dm(copy)
+    for p in (copy / "img_align_celeba").iterdir():
+        os.utime(p, ns=(p.stat().st_atime_ns, p.stat().st_mtime_ns + 10**9))
+    again = _dm(copy)
+    aligned = _dm(copy, wild=None, in_the_wild=False)
+    a, b = first.tables["test"], again.tables["test"]
+    assert not set(a.paths) & set(b.paths)                       # new canvas files ...
+    assert np.array_equal(load_image(a.paths[0]), load_image(b.paths[0]))   # ... of the same pixels
+    assert list(a.sample_ids()) == list(b.sample_ids()) == list(aligned.tables["test"].paths)
+
+
 def test_image_cache_gives_the_same_samples(synth_celeba):
     plain = _dm(synth_celeba)
     cached = _dm(synth_celeba, image_cache=True)

@@ -6,6 +6,7 @@ and the classifiers."""
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, ClassVar, Sequence
 
 import numpy as np
@@ -333,10 +334,12 @@ class LNetsANetClassifier(ClosedFormTask, ANetStage):
 
     def fit(self, parts: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
         """One linear classifier per binary column on the collected features (standardised); with
-        several ``classifier_c`` values, each attribute's is chosen by identity-grouped 3-fold
-        cross-validation (accuracy) on the classifier identities."""
+        several ``classifier_c`` values, each attribute's is chosen by identity-grouped, class-stratified
+        3-fold cross-validation (accuracy) on the classifier identities, where each class has at least
+        3 identities; otherwise the first value is used."""
         from sklearn.linear_model import LogisticRegression
-        from sklearn.model_selection import GridSearchCV, GroupKFold
+        from sklearn.exceptions import FitFailedWarning
+        from sklearn.model_selection import GridSearchCV, StratifiedGroupKFold
         from sklearn.preprocessing import StandardScaler
         from sklearn.svm import LinearSVC
 
@@ -359,12 +362,20 @@ class LNetsANetClassifier(ClosedFormTask, ANetStage):
                 model = LinearSVC(C=self.classifier_c[0], max_iter=self.classifier_max_iter)
             else:
                 model = LogisticRegression(C=self.classifier_c[0], max_iter=self.classifier_max_iter)
-            n_groups = len(np.unique(groups[ok]))
-            if len(self.classifier_c) > 1 and n_groups >= 3 and min(positives, total - positives) >= 3:
-                model = GridSearchCV(model, {"C": self.classifier_c}, cv=GroupKFold(3), scoring="accuracy")
-                model.fit(xs[ok], target[ok], groups=groups[ok])
-                chosen[col] = model.best_params_["C"]
-                model = model.best_estimator_
+            # each class on at least 3 identities, so that every training fold of the identity-grouped,
+            # class-stratified 3 folds sees both classes (a fold without one fails and scores nan)
+            spread = min(len(np.unique(groups[ok][target[ok] == c])) for c in (0, 1))
+            search = None
+            if len(self.classifier_c) > 1 and spread >= 3:
+                search = GridSearchCV(model, {"C": self.classifier_c}, cv=StratifiedGroupKFold(3), scoring="accuracy")
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", (FitFailedWarning, UserWarning))
+                    search.fit(xs[ok], target[ok], groups=groups[ok])
+                if not np.isfinite(search.cv_results_["mean_test_score"]).any():
+                    search = None           # no fold could be scored: no choice to make
+            if search is not None:
+                chosen[col] = search.best_params_["C"]
+                model = search.best_estimator_
             else:
                 model.fit(xs[ok], target[ok])
                 chosen[col] = self.classifier_c[0]
