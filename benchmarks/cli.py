@@ -118,7 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("suite", nargs="?", default="quick", help="suite name (benchmarks/suites/NAME.yaml) or YAML path")
     r.add_argument("--only", nargs="+", help="run ids, method or dataset keys (fnmatch patterns)")
     r.add_argument("--shard", help="i/n: run the i-th of n disjoint parts of the suite")
-    r.add_argument("--force", action="store_true", help="re-run finished runs from scratch")
+    r.add_argument("--force", action="store_true", help="re-run finished runs from scratch (with --only: the runs it names, "
+                   "not the earlier stages they start from)")
     r.add_argument("--results", help="results root (default: results/)")
     r.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override suite keys, e.g. trainer.devices=2")
     r.add_argument("--in-process", action="store_true", help="run in this process (debugging)")

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from datamodules.core.io import read_json, write_json, write_yaml
-from benchmarks.suite import RunSpec, Suite, load_suite, parse_shard, select
+from benchmarks.suite import RunSpec, Suite, load_suite, matches, parse_shard, select
 from benchmarks.worker import STATUS
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -166,7 +166,8 @@ def run_suite(name: str = "quick", *, only: list[str] | None = None, shard: str 
     outcomes = []
     for run in runs:
         print(f"[facebench] start    {run.run_id}", flush=True)
-        outcome = run_one(suite, run, force=force, in_process=in_process)
+        # --force re-runs what --only names; the earlier stages it brings along only run if not done
+        outcome = run_one(suite, run, force=force and (not only or matches(run, only)), in_process=in_process)
         outcomes.append(outcome)
         print(_summary_line(outcome), flush=True)
     failed = [o for o in outcomes if o.state in ("failed", "blocked")]

@@ -285,14 +285,19 @@ def _topological(runs: list[RunSpec]) -> list[RunSpec]:
     return out
 
 
+def matches(run: RunSpec, only: list[str]) -> bool:
+    """Whether an ``--only`` pattern (fnmatch) names the run: its id, method key or dataset key."""
+    return any(fnmatch.fnmatchcase(run.run_id, p) or fnmatch.fnmatchcase(run.method_key, p)
+               or fnmatch.fnmatchcase(run.dataset_key, p) for p in only)
+
+
 def select(runs: list[RunSpec], only: list[str] | None = None, shard: tuple[int, int] | None = None) -> list[RunSpec]:
     """Filter runs by ``--only`` patterns (fnmatch on run id, method or dataset key; a selected run
     brings the runs it starts from) and ``--shard i/n`` (whole chains go to one shard, so stages
     that hand checkpoints on never straddle machines)."""
     chosen = runs
     if only:
-        keep = {r.run_id for r in runs if any(fnmatch.fnmatchcase(r.run_id, p) or fnmatch.fnmatchcase(r.method_key, p)
-                                              or fnmatch.fnmatchcase(r.dataset_key, p) for p in only)}
+        keep = {r.run_id for r in runs if matches(r, only)}
         by_id = {r.run_id: r for r in runs}
         for rid in list(keep):
             while by_id[rid].depends_on:

@@ -312,3 +312,15 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_monitor_stops_improvin
     epochs = {name: torch.load(tmp_path / "checkpoints" / f"{name}.ckpt", map_location="cpu", weights_only=False)["epoch"]
               for name in ("best", "last")}
     assert epochs == {"best": 0, "last": 2}
+
+
+def test_force_with_only_reruns_the_named_runs_not_their_earlier_stages(monkeypatch, tmp_path):
+    """`--only lnets_anet--celeba--s0 --force` re-runs that stage; the ANet stages it starts from
+    come along (they must exist) but are not wiped and retrained."""
+    import benchmarks.runner as runner
+
+    calls = []
+    monkeypatch.setattr(runner, "run_one", lambda suite, run, force=False, in_process=False:
+                        calls.append((run.run_id, force)) or runner.RunOutcome(run, "done"))
+    runner.run_suite("celeba", only=["lnets_anet--celeba--s0"], force=True, results_root=str(tmp_path), report=False)
+    assert calls == [("anet_identity--celeba--s0", False), ("anet--celeba--s0", False), ("lnets_anet--celeba--s0", True)]
