@@ -4,6 +4,7 @@ columns, the papers' values beside ours, byte-identical rebuilds."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -27,6 +28,11 @@ def fake_suite(root, suite="celeba"):
                              "method_name": name, "datamodule": "celeba", "input_size": 64, "input_channels": 3,
                              "epochs": 12, "train_samples": 4560, "params": 7_400_000, "flops_per_image": 1.6e8,
                              "n_targets": 40})
+    return write_suite(root, suite, rows)
+
+
+def write_suite(root: Path, suite: str, rows: list[dict]) -> pd.DataFrame:
+    """A committed suite folder as `facebench report --all` reads it: leaderboard.csv + leaderboard_info.json."""
     d = root / suite
     d.mkdir(parents=True)
     board = pd.DataFrame(rows)
@@ -60,15 +66,12 @@ def test_rebuild_is_byte_identical(tmp_path):
 
 
 def test_small_gains_over_the_majority_are_flagged_and_stages_without_outputs_dropped(tmp_path):
-    d = tmp_path / "celeba"
-    d.mkdir()
     rows = []
     for method, bal in (("majority", 0.50), ("good", 0.62), ("weak", 0.53), ("anet_identity", np.nan)):
         for a in CELEBA_ATTRIBUTES[:4]:
             rows.append({"method": method, "dataset": "celeba", "split": "test", "seed": 0, "attribute": a, "class": "",
                          "accuracy": bal + 0.3, "balanced_accuracy": bal, "auroc": bal})
-    pd.DataFrame(rows).to_csv(d / "leaderboard.csv", index=False)
-    (d / "leaderboard_info.json").write_text(json.dumps({"suite": "celeba"}))
+    write_suite(tmp_path, "celeba", rows)
     df = build_cross_suite(tmp_path).set_index("method")
     assert "anet_identity" not in df.index
     assert "+3.0 points over the majority" in df.at["weak", "note"]
@@ -80,10 +83,7 @@ def test_human_gap_is_over_the_targets_with_votes(tmp_path):
     rows = [{"method": "net", "dataset": "faces", "split": "test", "seed": 0, "attribute": a, "class": "",
              "accuracy": acc, "balanced_accuracy": acc, "auroc": acc, "rater_accuracy_loo": loo}
             for a, acc, loo in (("emotion", 0.60, 0.70), ("Smiling", 0.90, None), ("Male", 0.96, None))]
-    d = tmp_path / "mix"
-    d.mkdir()
-    pd.DataFrame(rows).to_csv(d / "leaderboard.csv", index=False)
-    (d / "leaderboard_info.json").write_text(json.dumps({"suite": "mix"}))
+    write_suite(tmp_path, "mix", rows)
     row = build_cross_suite(tmp_path).iloc[0]
     assert row["accuracy"] == pytest.approx(0.82)
     assert row["human_ceiling"] == pytest.approx(0.70)
@@ -96,10 +96,7 @@ def test_human_gap_scores_the_model_like_the_raters(tmp_path):
     rows = [{"method": "net", "dataset": "fer", "split": "test", "seed": 0, "attribute": "emotion", "class": "",
              "accuracy": 0.81, "balanced_accuracy": 0.6, "auroc": 0.9, "rater_accuracy_loo": 0.70,
              "model_accuracy_loo": 0.76}]
-    d = tmp_path / "fer"
-    d.mkdir()
-    pd.DataFrame(rows).to_csv(d / "leaderboard.csv", index=False)
-    (d / "leaderboard_info.json").write_text(json.dumps({"suite": "fer"}))
+    write_suite(tmp_path, "fer", rows)
     row = build_cross_suite(tmp_path).iloc[0]
     assert row["accuracy"] == pytest.approx(0.81)
     assert row["gap_to_human"] == pytest.approx(0.06)
