@@ -20,6 +20,7 @@ from benchmarks.suite import SuiteConfigError, load_suite
 from benchmarks.worker import set_status
 from datamodules.core.io import write_text
 from datamodules.core.tasks import TaskSpec
+from datamodules.table import SampleTable
 from lightning_modules.registry import create_method
 
 ATTRS = ["Smiling", "Male", "Young", "Eyeglasses"]
@@ -34,7 +35,7 @@ def fake_results(root: Path, suite: str = "mtl_celeba") -> tuple[Path, dict]:
     model = create_method("mtl_cnn", task, width=0.05)
     rng = np.random.default_rng(0)
     labels = (rng.random((N, len(ATTRS))) < 0.5).astype(np.int64)
-    dm = SimpleNamespace(tables={"test": SimpleNamespace(paths=[f"img{i:04d}.jpg" for i in range(N)], extra={})}, report={})
+    dm = SimpleNamespace(tables={"test": SampleTable(paths=[f"img{i:04d}.jpg" for i in range(N)], labels=labels)}, report={})
     correct: dict = {}
     results = root / suite
     for method, skill in SKILL.items():
