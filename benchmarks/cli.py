@@ -20,14 +20,14 @@ from typing import Sequence
 
 import yaml
 
-from benchmarks.overrides import parse_sets
+from facebench.benchmarks.overrides import parse_sets
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from benchmarks.logging_setup import set_verbose
-    from benchmarks.runner import run_suite
+    from facebench.benchmarks.logging_setup import set_verbose
+    from facebench.benchmarks.runner import run_suite
 
-    from benchmarks.worker import STRICT_DATA_ENV
+    from facebench.benchmarks.worker import STRICT_DATA_ENV
 
     set_verbose(args.verbose)   # the workers inherit it (FACEBENCH_VERBOSE)
     before = os.environ.get(STRICT_DATA_ENV)
@@ -44,17 +44,17 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from benchmarks.report import build_reports
-    from benchmarks.suite import REPO_ROOT
+    from facebench.benchmarks.report import build_reports
+    from facebench.core.paths import results_root
 
     if args.all:
-        from benchmarks.leaderboard import write_cross_suite
+        from facebench.benchmarks.leaderboard import write_cross_suite
 
-        return 0 if write_cross_suite(REPO_ROOT / "results") else 1
+        return 0 if write_cross_suite(results_root()) else 1
 
     target = Path(args.results_dir)
-    if not target.exists() and (REPO_ROOT / "results" / args.results_dir).exists():
-        target = REPO_ROOT / "results" / args.results_dir
+    if not target.exists() and (results_root() / args.results_dir).exists():
+        target = results_root() / args.results_dir
     if not target.is_dir():
         print(f"facebench report: {args.results_dir}: no such results folder", file=sys.stderr)
         return 2
@@ -63,7 +63,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from datamodules.base import create_datamodule
+    from facebench.datamodules.base import create_datamodule
 
     dm = create_datamodule(args.dataset, root=args.root, **parse_sets(args.set))
     dm.prepare_data()
@@ -71,7 +71,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(info, indent=1, default=str))
     else:
-        from datamodules.inspect import format_description
+        from facebench.datamodules.inspect import format_description
 
         print(format_description(info))
     return 0
@@ -79,7 +79,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def cmd_list(args: argparse.Namespace) -> int:
     if args.what == "methods":
-        from lightning_modules.describe import describe_methods
+        from facebench.lightning_modules.describe import describe_methods
 
         rows = describe_methods()
         if args.json:
@@ -89,19 +89,19 @@ def cmd_list(args: argparse.Namespace) -> int:
 
             print(pd.DataFrame(rows).to_string(index=False))
     elif args.what == "weightings":
-        from lightning_modules.weighting import WEIGHTINGS
+        from facebench.lightning_modules.weighting import WEIGHTINGS
 
         rows = [{"name": n, "kind": "gradient" if cls.gradient_based else "loss",
                  "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())} for n, cls in WEIGHTINGS.items()]
         print(json.dumps(rows, indent=1) if args.json else "\n".join(f"{r['name']:<12} {r['kind']:<9} {r['doc']}" for r in rows))
     elif args.what == "datasets":
-        from datamodules.base import datamodule_names, get_datamodule_class
+        from facebench.datamodules.base import datamodule_names, get_datamodule_class
 
         rows = [{"name": n, "class": get_datamodule_class(n).__name__,
                  "doc": (get_datamodule_class(n).__doc__ or "").strip().splitlines()[0]} for n in datamodule_names()]
         print(json.dumps(rows, indent=1) if args.json else "\n".join(f"{r['name']:<14} {r['doc']}" for r in rows))
     else:
-        from benchmarks.suite import SUITES_DIR
+        from facebench.benchmarks.suite import SUITES_DIR
 
         rows = []
         for p in sorted(SUITES_DIR.glob("*.yaml")):
@@ -153,18 +153,18 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "analyze":
-        from benchmarks.analyses import analysis_names, run_analysis
+        from facebench.benchmarks.analyses import analysis_names, run_analysis
 
         if len(argv) < 2 or argv[1] in ("-h", "--help"):
             print("usage: facebench analyze NAME [ARGS...]\nanalyses: " + ", ".join(analysis_names()))
             return 0 if len(argv) >= 2 else 2
         return run_analysis(argv[1], argv[2:])
     if argv and argv[0] == "predict":
-        from benchmarks.predict import main as predict_main
+        from facebench.benchmarks.predict import main as predict_main
 
         return predict_main(argv[1:])
     if argv and argv[0] == "synth":
-        from datamodules.synthfaces.cli import main as synth_main
+        from facebench.datamodules.synthfaces.cli import main as synth_main
 
         return synth_main(argv[1:])
     parser = build_parser()
@@ -172,8 +172,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except Exception as exc:  # noqa: BLE001  (user-facing errors as one line)
-        from benchmarks.suite import SuiteConfigError
-        from datamodules.formats import DatasetFormatError
+        from facebench.benchmarks.suite import SuiteConfigError
+        from facebench.datamodules.formats import DatasetFormatError
 
         if isinstance(exc, (SuiteConfigError, DatasetFormatError, FileNotFoundError, ValueError)):
             print(f"facebench: error: {exc}", file=sys.stderr)

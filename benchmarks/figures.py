@@ -26,9 +26,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from sklearn.metrics import roc_auc_score, roc_curve  # noqa: E402
 
-from benchmarks.records import RunRecord, finished_run_dirs, load_run_record  # noqa: E402
-from benchmarks.tables import slug  # noqa: E402
-from datamodules.core.tasks import TaskSpec  # noqa: E402
+from facebench.benchmarks.records import RunRecord, finished_run_dirs, load_run_record  # noqa: E402
+from facebench.benchmarks.tables import slug  # noqa: E402
+from facebench.core.tasks import TaskSpec  # noqa: E402
 
 PER_FIGURE = 8
 CALIBRATION_BINS = 15

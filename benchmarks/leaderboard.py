@@ -24,7 +24,7 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
   worst-group accuracy and of the equal-opportunity difference per protected attribute (from the
   suite's committed ``subgroups.csv``);
 * where the suite names a single-task baseline (``multitask``): Δm% against it and the mean rank
-  over tasks (from the suite's committed ``multitask.csv``, :mod:`benchmarks.multitask_report`);
+  over tasks (from the suite's committed ``multitask.csv``, :mod:`facebench.benchmarks.multitask_report`);
 * what ``facebench inspect`` counted on the data (skipped files, cross-split duplicates, repeated
   and conflicting rows, test items dropped by ``dedupe``), where the records carry it.
 
@@ -42,11 +42,11 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from benchmarks.provenance import REPO_ROOT
-from benchmarks.stats import seed_summary
-from benchmarks.suite import SUITES_DIR
-from benchmarks.tables import load_reported
-from datamodules.core.io import read_json, write_csv, write_text
+from facebench.core.paths import results_root as default_results_root
+from facebench.benchmarks.stats import seed_summary
+from facebench.benchmarks.suite import SUITES_DIR
+from facebench.benchmarks.tables import load_reported
+from facebench.core.io import read_json, write_csv, write_text
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc")
 SETTINGS = ("method_name", "datamodule", "input_size", "input_channels", "epochs", "train_samples", "params",
@@ -122,7 +122,7 @@ def subgroup_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, dict[st
 
 def multitask_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
     """``{(dataset, method): {delta_m_pct, delta_m_ci95, mean_rank}}`` from a suite's committed
-    ``multitask.csv`` (:mod:`benchmarks.multitask_report`; empty when the suite has none)."""
+    ``multitask.csv`` (:mod:`facebench.benchmarks.multitask_report`; empty when the suite has none)."""
     path = suite_dir / "multitask.csv"
     if not path.is_file():
         return {}
@@ -212,7 +212,7 @@ def flag_small_gains(rows: list[dict[str, Any]], baseline: str = "majority") -> 
 
 def build_cross_suite(results_root: str | Path | None = None, reported_path: str | Path | None = None) -> pd.DataFrame:
     """The cross-suite table from every ``<results_root>/<suite>/leaderboard.csv``."""
-    root = Path(results_root) if results_root else REPO_ROOT / "results"
+    root = default_results_root(results_root)
     reported = load_reported(reported_path) if reported_path else load_reported()
     rows: list[dict[str, Any]] = []
     for suite_dir in sorted(p.parent for p in root.glob("*/leaderboard.csv")):
@@ -292,7 +292,7 @@ def _pct(v: Any, signed: bool = False) -> str:
 
 def write_cross_suite(results_root: str | Path | None = None) -> tuple[Path, Path] | None:
     """Write ``leaderboard.csv`` and ``LEADERBOARD.md`` into ``results_root`` (default ``results/``)."""
-    root = Path(results_root) if results_root else REPO_ROOT / "results"
+    root = default_results_root(results_root)
     df = build_cross_suite(root)
     if df.empty:
         print(f"[facebench] no committed leaderboard.csv under {root}")

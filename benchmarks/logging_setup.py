@@ -119,7 +119,7 @@ def _wandb_logger(cfg: dict[str, Any], run_dir: Path, wcfg: dict[str, Any]) -> L
 
 
 def _stable_id(cfg: dict[str, Any]) -> str:
-    from benchmarks.provenance import config_hash
+    from facebench.benchmarks.provenance import config_hash
 
     return f"{cfg['suite']}-{config_hash(cfg['run_id'])}-{config_hash(cfg)}"[:64]
 

@@ -12,7 +12,7 @@ member, method), from the leaderboard's target-level test rows:
   for the member-alone run, and their difference (mixture minus alone; over seed-matched pairs, with
   a 95% Student-t half-width when there are several);
 * Δm%: the mean over the member's targets and the metrics of the signed relative change of the
-  mixture against the member alone (:func:`benchmarks.multitask.delta_m` with the member-alone run as
+  mixture against the member alone (:func:`facebench.benchmarks.multitask.delta_m` with the member-alone run as
   the baseline; positive: the mixture is better).
 
 ``facebench report`` writes ``<results>/mixture.csv`` and ``<results>/mixture.md``.
@@ -26,9 +26,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.multitask import delta_m
-from benchmarks.stats import seed_summary
-from datamodules.core.io import write_csv, write_text
+from facebench.benchmarks.multitask import delta_m
+from facebench.benchmarks.stats import seed_summary
+from facebench.core.io import write_csv, write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
 
@@ -127,6 +127,6 @@ def write_mixture(board: pd.DataFrame, results_dir: Path, datasets: dict[str, An
 
 def write_suite_mixture(board: pd.DataFrame, results_dir: Path, suite_name: str) -> list[Path]:
     """:func:`write_mixture` with the datasets of the suite file ``suite_name``."""
-    from benchmarks.leaderboard import suite_notes
+    from facebench.benchmarks.leaderboard import suite_notes
 
     return write_mixture(board, results_dir, suite_notes(suite_name)["datasets"])

@@ -6,7 +6,7 @@ way of sharing a network by its average relative change over the single-task bas
     Δm% = 100 / T * sum_t (-1)^{l_t} (M_{m,t} - M_{b,t}) / M_{b,t},
 
 where ``M_{m,t}`` is the method's metric on task ``t``, ``M_{b,t}`` the baseline's, and ``l_t = 1``
-when lower is better for that metric (``lightning_modules.metrics.lower_is_better``) -- so a positive
+when lower is better for that metric (``facebench.lightning_modules.metrics.lower_is_better``) -- so a positive
 Δm% is an improvement -- and by its mean rank over tasks (1 = best; ties share the average rank).
 
 Both come from a suite's leaderboard (one row per method, dataset, split, seed, target): the metric
@@ -20,8 +20,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from benchmarks.stats import seed_summary
-from lightning_modules.metrics import lower_is_better
+from facebench.benchmarks.stats import seed_summary
+from facebench.lightning_modules.metrics import lower_is_better
 
 
 def _task_table(board: pd.DataFrame, metric: str, split: str) -> pd.DataFrame:

@@ -8,9 +8,9 @@ test predictions:
 
 * ``<results>/multitask.csv``: per dataset and method, Δm% against the baseline over the named
   metrics (mean over seed-matched pairs and the half-width of its 95% interval,
-  :func:`benchmarks.multitask.multitask_table`), the mean rank over tasks on the first metric, and
+  :func:`facebench.benchmarks.multitask.multitask_table`), the mean rank over tasks on the first metric, and
   each metric's mean over tasks (mean over seeds);
-* ``<results>/multitask_significance.csv``: :func:`benchmarks.stats.paired_comparisons` restricted to
+* ``<results>/multitask_significance.csv``: :func:`facebench.benchmarks.stats.paired_comparisons` restricted to
   the pairs (method, baseline) -- McNemar per attribute on the correct / incorrect table (accuracy
   at the 0.5 threshold, discordant counts pooled over seed-matched runs, Holm across attributes)
   and the paired bootstrap of the mean accuracy over attributes -- oriented so that ``method`` is
@@ -26,10 +26,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.multitask import delta_m, multitask_table
-from benchmarks.records import finished_run_dirs
-from benchmarks.stats import ALPHA, RunPredictions, load_run_predictions, paired_comparisons
-from datamodules.core.io import write_csv, write_text
+from facebench.benchmarks.multitask import delta_m, multitask_table
+from facebench.benchmarks.records import finished_run_dirs
+from facebench.benchmarks.stats import ALPHA, RunPredictions, load_run_predictions, paired_comparisons
+from facebench.core.io import write_csv, write_text
 
 SIGNIFICANCE_COLUMNS = ["dataset", "method", "baseline", "attribute", "test", "method_only_correct",
                         "baseline_only_correct", "difference", "ci95_low", "ci95_high", "p_value", "p_holm",
@@ -151,6 +151,6 @@ def write_multitask(board: pd.DataFrame, results_dir: Path, settings: dict[str, 
 
 def write_suite_multitask(board: pd.DataFrame, results_dir: Path, suite_name: str) -> list[Path]:
     """:func:`write_multitask` with the ``multitask`` mapping of the suite file ``suite_name``."""
-    from benchmarks.leaderboard import suite_notes
+    from facebench.benchmarks.leaderboard import suite_notes
 
     return write_multitask(board, results_dir, suite_notes(suite_name).get("multitask"))

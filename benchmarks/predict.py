@@ -19,7 +19,7 @@ import pandas as pd
 import torch
 import yaml
 
-from datamodules.core.io import write_csv
+from facebench.core.io import write_csv
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
 
@@ -39,7 +39,7 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
-    from lightning_modules.registry import get_method_class
+    from facebench.lightning_modules.registry import get_method_class
 
     cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
     ckpt = run_dir / "checkpoints" / "best.ckpt"
@@ -61,8 +61,8 @@ def column_names(task) -> list[str]:
 
 
 def predict(run_dir: Path, images: Sequence[str], detect: bool = False, batch_size: int = 64) -> pd.DataFrame:
-    from datamodules.image_files import load_image
-    from datamodules.transforms import FaceTransform, TransformConfig
+    from facebench.datamodules.image_files import load_image
+    from facebench.datamodules.transforms import FaceTransform, TransformConfig
 
     model, cfg = load_run_model(run_dir)
     args = cfg["dataset"]["args"]

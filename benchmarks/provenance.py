@@ -8,11 +8,11 @@ import json
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 from typing import Any
 
+from facebench.core.paths import SOURCE_ROOT
+
 PACKAGES = ("torch", "torchvision", "lightning", "torchmetrics", "timm", "numpy", "pandas", "wandb")
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def config_hash(config: Any) -> str:
@@ -35,10 +35,12 @@ def package_versions() -> dict[str, str]:
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     """The commit of the facebench checkout, with ``+dirty`` when tracked files are modified."""
+    if SOURCE_ROOT is None:   # an installed wheel: no checkout to read
+        return "unknown"
     try:
-        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+        sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=SOURCE_ROOT, capture_output=True, text=True,
                              timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=SOURCE_ROOT,
                                capture_output=True, text=True, timeout=10).stdout.strip()
         return sha + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):

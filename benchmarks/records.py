@@ -9,7 +9,7 @@
   (suite, method, dataset, seed) and provenance (config hash, git commit, package versions, wall
   time, parameters, FLOPs per image, training images per second). Binary thresholds are tuned on
   the ``evaluation.tune_thresholds_on`` split (default ``val``) with
-  :func:`~lightning_modules.metrics.tune_thresholds` and applied on every split (``*@tuned``
+  :func:`~facebench.lightning_modules.metrics.tune_thresholds` and applied on every split (``*@tuned``
   metrics, the thresholds as ``threshold@tuned``); rater agreement rows come from the votes. The
   data's doubts (``facebench inspect``'s counts, put in ``dm.report["checks"]`` by the worker:
   skipped files, duplicate-image groups across splits, repeated / conflicting label rows, items
@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from datamodules.core.io import write_csv, write_npz, write_text
-from benchmarks.provenance import provenance
-from datamodules.core.tasks import TaskSpec
+from facebench.core.io import write_csv, write_npz, write_text
+from facebench.benchmarks.provenance import provenance
+from facebench.core.tasks import TaskSpec
 
 ID_COLUMNS = ["suite", "run_id", "method", "method_name", "dataset", "datamodule", "split", "seed"]
 TUNE_SPLIT = "val"
@@ -59,8 +59,8 @@ def finished_run_dirs(results_dir: str | Path) -> list[Path]:
     """Run folders under ``results_dir`` (searched recursively) whose status is ``done``. A run id
     (the folder's name: method, dataset, seed) found twice, e.g. an old copy kept in a sub-folder,
     is an error naming both folders: a report would otherwise count one of them silently."""
-    from datamodules.core.io import read_json
-    from benchmarks.worker import STATUS
+    from facebench.core.io import read_json
+    from facebench.benchmarks.worker import STATUS
 
     done = [p.parent for p in sorted(Path(results_dir).rglob(STATUS)) if (read_json(p, {}) or {}).get("state") == "done"]
     seen: dict[str, Path] = {}
@@ -88,7 +88,7 @@ def evaluate_run(task: TaskSpec, preds: dict[str, dict[str, np.ndarray]], model:
                  tune_on: str | None = TUNE_SPLIT, criterion: str = THRESHOLD_CRITERION) -> pd.DataFrame:
     """All metrics of a run from its predictions (one long table over splits). Binary thresholds
     are tuned on ``tune_on`` (when that split was evaluated) and applied on every split."""
-    from lightning_modules.metrics import ages_of, evaluate, tune_thresholds, votes_of
+    from facebench.lightning_modules.metrics import ages_of, evaluate, tune_thresholds, votes_of
 
     tuned = None
     if tune_on and tune_on in preds and "probs" in preds[tune_on] and task.binary_columns()[0]:
@@ -150,7 +150,7 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
     for k, v in extra.items():
         metrics[k] = v
     write_csv(run_dir / "metrics.csv", metrics)
-    from lightning_modules.metrics import summarize
+    from facebench.lightning_modules.metrics import summarize
 
     test = metrics[metrics["split"] == ("test" if "test" in preds else next(iter(preds)))]
     return {k: round(v, 4) for k, v in summarize(test, task).items()}

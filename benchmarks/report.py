@@ -5,8 +5,8 @@ column per metric, then the columns naming what produced it (method name, config
 package versions). ``leaderboard_info.json`` records the command, commit and time of the report.
 ``tables/`` holds the comparison tables (attributes x methods, with the papers' published numbers
 next to ours), the rater-agreement tables and confusion matrices as CSV / Markdown / HTML
-(:mod:`benchmarks.tables`); ``figures/`` the ROC curves and reliability diagrams
-(:mod:`benchmarks.figures`, PNG, git-ignored).
+(:mod:`facebench.benchmarks.tables`); ``figures/`` the ROC curves and reliability diagrams
+(:mod:`facebench.benchmarks.figures`, PNG, git-ignored).
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from datamodules.core.io import write_csv, write_json
-from benchmarks.provenance import result_info
-from benchmarks.records import finished_run_dirs
+from facebench.core.io import write_csv, write_json
+from facebench.benchmarks.provenance import result_info
+from facebench.benchmarks.records import finished_run_dirs
 
 KEYS = ["method", "dataset", "split", "seed", "target", "class"]
 LEADING_METRICS = ["accuracy", "balanced_accuracy", "auroc"]
@@ -80,8 +80,8 @@ def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | 
 def write_report_tables(metrics: pd.DataFrame, results_dir: Path, suite_name: str | None = None) -> list[Path]:
     """Comparison / agreement / confusion tables into ``results_dir/tables`` (with the papers' numbers
     and the suite's ``target_subsets`` averages)."""
-    from benchmarks.leaderboard import suite_notes
-    from benchmarks.tables import load_reported, write_tables
+    from facebench.benchmarks.leaderboard import suite_notes
+    from facebench.benchmarks.tables import load_reported, write_tables
 
     datasets = suite_notes(suite_name or results_dir.name)["datasets"]
     subsets = {k: dict(v["target_subsets"]) for k, v in datasets.items() if (v or {}).get("target_subsets")}
@@ -90,7 +90,7 @@ def write_report_tables(metrics: pd.DataFrame, results_dir: Path, suite_name: st
 
 def write_report_figures(results_dir: Path) -> list[Path]:
     """ROC curves and reliability diagrams into ``results_dir/figures``."""
-    from benchmarks.figures import write_figures
+    from facebench.benchmarks.figures import write_figures
 
     return write_figures(results_dir, results_dir / "figures")
 
@@ -98,9 +98,9 @@ def write_report_figures(results_dir: Path) -> list[Path]:
 def write_statistics(board: pd.DataFrame, results_dir: Path, split: str = "test") -> list[Path]:
     """Seed aggregates (mean, std, 95% CI), paired significance tests between methods on the same
     test images (McNemar per attribute, paired bootstrap of the mean), the rank table and the
-    efficiency table into ``results_dir/tables`` (see :mod:`benchmarks.stats`)."""
-    from benchmarks.records import finished_run_dirs
-    from benchmarks.stats import efficiency_table, load_run_predictions, paired_comparisons, rank_table, seed_table
+    efficiency table into ``results_dir/tables`` (see :mod:`facebench.benchmarks.stats`)."""
+    from facebench.benchmarks.records import finished_run_dirs
+    from facebench.benchmarks.stats import efficiency_table, load_run_predictions, paired_comparisons, rank_table, seed_table
 
     out = results_dir / "tables"
     runs = [r for r in (load_run_predictions(d, split) for d in finished_run_dirs(results_dir)) if r is not None]
@@ -112,9 +112,9 @@ def write_statistics(board: pd.DataFrame, results_dir: Path, split: str = "test"
 
 def write_subgroup_tables(results_dir: Path, suite_name: str) -> list[Path]:
     """Per-subgroup records and tables for the datasets whose suite entry names ``subgroups``
-    (:mod:`benchmarks.subgroup_report`)."""
-    from benchmarks.leaderboard import suite_notes
-    from benchmarks.subgroup_report import protected_attributes, write_subgroups
+    (:mod:`facebench.benchmarks.subgroup_report`)."""
+    from facebench.benchmarks.leaderboard import suite_notes
+    from facebench.benchmarks.subgroup_report import protected_attributes, write_subgroups
 
     return write_subgroups(results_dir, protected_attributes(suite_notes(suite_name)["datasets"]))
 
@@ -141,10 +141,10 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
         written += write_report_tables(metrics, results_dir, suite_name)
     written += write_statistics(board, results_dir)
     written += write_subgroup_tables(results_dir, suite_name or results_dir.name)
-    from benchmarks.multitask_report import write_suite_multitask   # Δm%, mean rank, tests vs the baseline
+    from facebench.benchmarks.multitask_report import write_suite_multitask   # Δm%, mean rank, tests vs the baseline
 
     written += write_suite_multitask(board, results_dir, suite_name or results_dir.name)
-    from benchmarks.mixture_report import write_suite_mixture      # a mixture against each dataset alone
+    from facebench.benchmarks.mixture_report import write_suite_mixture      # a mixture against each dataset alone
 
     written += write_suite_mixture(board, results_dir, suite_name or results_dir.name)
     if figures:

@@ -1,4 +1,4 @@
-"""Run a suite: every pending run in its own worker process (``benchmarks.worker``), finished runs
+"""Run a suite: every pending run in its own worker process (``facebench.benchmarks.worker``), finished runs
 skipped, killed runs resumed from their last checkpoint, then the leaderboard.
 
 Concurrency: each run directory has a ``lock`` file created exclusively (``O_EXCL``) by the process
@@ -20,11 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from datamodules.core.io import read_json, write_json, write_yaml
-from benchmarks.suite import RunSpec, Suite, load_suite, matches, parse_shard, select
-from benchmarks.worker import STATUS
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from facebench.core.io import read_json, write_json, write_yaml
+from facebench.benchmarks.suite import RunSpec, Suite, load_suite, matches, parse_shard, select
+from facebench.benchmarks.worker import STATUS
 
 
 @dataclass
@@ -107,12 +105,12 @@ def run_one(suite: Suite, run: RunSpec, force: bool = False, in_process: bool = 
     try:
         _prepare_run_dir(run, run_dir, status, force)
         if in_process:
-            from benchmarks.worker import execute
+            from facebench.benchmarks.worker import execute
 
             execute(run_dir)
         else:
-            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-            subprocess.run([sys.executable, "-m", "benchmarks.worker", str(run_dir)], cwd=REPO_ROOT, env=env)
+            # the worker runs in this directory, so relative dataset roots mean the same in both processes
+            subprocess.run([sys.executable, "-m", "facebench.benchmarks.worker", str(run_dir)])
     finally:
         release_lock(run_dir)
     return _outcome(run, run_dir, t0)
@@ -137,7 +135,7 @@ def _run_distributed(suite: Suite, run: RunSpec, run_dir: Path, force: bool) -> 
     A barrier after each run keeps the ranks in step (all see rank 0's final status)."""
     import torch.distributed as dist
 
-    from benchmarks.worker import execute
+    from facebench.benchmarks.worker import execute
 
     t0 = time.time()
     rank = int(os.environ.get("RANK", os.environ.get("SLURM_PROCID", "0")))
@@ -174,7 +172,7 @@ def run_suite(name: str = "quick", *, only: list[str] | None = None, shard: str 
     if report and shard:   # other shards may still be writing: one report once all are done
         print(f"[facebench] shard {shard} done; run `facebench report {suite.results_dir}` once every shard has finished")
     elif report and int(os.environ.get("RANK", "0")) == 0:
-        from benchmarks.report import build_reports
+        from facebench.benchmarks.report import build_reports
 
         build_reports(suite.results_dir, suite_name=suite.name, command=" ".join(["facebench"] + sys.argv[1:]))
     if failed:

@@ -89,7 +89,7 @@ def load_run_predictions(run_dir: Path, split: str = "test") -> RunPredictions |
     multi-class target and per multi-label class), from its result records."""
     import torch
 
-    from benchmarks.records import load_run_record
+    from facebench.benchmarks.records import load_run_record
 
     rec = load_run_record(run_dir, split)
     if rec is None or "probs" not in rec.predictions or rec.predictions["probs"].shape[1] != rec.task.n_logits:

@@ -4,7 +4,7 @@ A suite names the protected attributes of a dataset with the dataset key ``subgr
 (any binary or multi-class target of that dataset, e.g. ``race`` or ``gender``; a dataset key, so
 adding it never invalidates finished runs). ``facebench report`` then computes, from each finished
 run's test predictions (hard decisions at 0.5, as the headline accuracy), the metrics of
-:class:`~lightning_modules.metrics.subgroups.SubgroupMetrics` and writes
+:class:`~facebench.lightning_modules.metrics.subgroups.SubgroupMetrics` and writes
 
 * ``runs/<run>/subgroups.csv``: the run's rows (a record of the run, like ``metrics.csv``);
 * ``<results>/subgroups.csv``: per method, dataset, protected attribute, target, group and metric,
@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from benchmarks.records import finished_run_dirs, load_run_record
-from datamodules.core.io import write_csv, write_text
-from lightning_modules.metrics.subgroups import AGGREGATES, subgroup_rows
+from facebench.benchmarks.records import finished_run_dirs, load_run_record
+from facebench.core.io import write_csv, write_text
+from facebench.lightning_modules.metrics.subgroups import AGGREGATES, subgroup_rows
 
 SUBGROUP_COLUMNS = ["method", "dataset", "seed", "protected_attribute", "target", "class", "group", "metric", "value"]
 

@@ -32,7 +32,8 @@ from typing import Any
 
 import yaml
 
-from benchmarks.provenance import REPO_ROOT, config_hash
+from facebench.benchmarks.provenance import config_hash
+from facebench.core.paths import results_root as default_results_root
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
@@ -182,9 +183,7 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
     excludes = (raw.get("matrix") or {}).get("exclude") or []
     for i, ex in enumerate(excludes):
         _check_keys(f"matrix.exclude[{i}]", ex, {"method", "dataset", "seed"}, source)
-    results_dir = Path(raw.get("results_dir") or (Path(results_root) if results_root else REPO_ROOT / "results") / name)
-    if not results_dir.is_absolute():
-        results_dir = REPO_ROOT / results_dir
+    results_dir = Path(raw.get("results_dir") or default_results_root(results_root) / name).resolve()
 
     def excluded(mk: str, dk: str, seed: int) -> bool:
         for ex in excludes:
@@ -250,8 +249,8 @@ def _check_multitask(mt: dict[str, Any] | None, methods: dict[str, Any], source:
 
 def _check_registered(datasets: dict[str, Any], methods: dict[str, Any], source: str) -> None:
     """Every dataset and method is registered and every argument is one its constructor takes."""
-    from datamodules.base import get_datamodule_class
-    from lightning_modules.registry import get_method_class
+    from facebench.datamodules.base import get_datamodule_class
+    from facebench.lightning_modules.registry import get_method_class
 
     for dk, dv in datasets.items():
         try:

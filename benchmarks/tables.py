@@ -30,11 +30,13 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
-from datamodules.core.io import write_csv, write_text
-from benchmarks.provenance import REPO_ROOT
-from lightning_modules.metrics import lower_is_better
+from facebench.core.io import write_csv, write_text
+from facebench.core.paths import SOURCE_ROOT, results_root
+from facebench.lightning_modules.metrics import lower_is_better
 
-REPORTED_PATH = REPO_ROOT / "results" / "paper_reported.csv"
+#: The papers' published numbers: the source checkout's ``results/paper_reported.csv`` (an installed
+#: wheel reads ``./results/paper_reported.csv`` of the current directory, where a user can put it).
+REPORTED_PATH = (SOURCE_ROOT / "results" if SOURCE_ROOT else results_root()) / "paper_reported.csv"
 REPORTED_COLUMNS = ["paper", "method", "dataset", "split", "attribute", "paper_attribute", "metric", "value", "source"]
 AVERAGE = "Average"
 BASELINE_METHODS = ("majority",)

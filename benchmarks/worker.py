@@ -1,4 +1,4 @@
-"""Execute one run of a suite: ``python -m benchmarks.worker RUN_DIR``.
+"""Execute one run of a suite: ``python -m facebench.benchmarks.worker RUN_DIR``.
 
 The run directory holds ``config.yaml`` (written by the runner). The worker trains with Lightning
 (resuming from ``checkpoints/last.ckpt`` when a killed run left one), evaluates the best checkpoint
@@ -19,12 +19,12 @@ from typing import Any
 
 import yaml
 
-from datamodules.core.io import read_json, write_json
+from facebench.core.io import read_json, write_json
 
 STATUS = "status.json"
 #: Datamodule arguments of every suite run unless its config sets them: the decoded-image cache
 #: (``auto``: on for file-backed splits of at least 1000 images that fit on disk; see
-#: :mod:`datamodules.cache`). Tests and library use keep the datamodule's own default (off).
+#: :mod:`facebench.datamodules.cache`). Tests and library use keep the datamodule's own default (off).
 SUITE_DATAMODULE_DEFAULTS: dict[str, Any] = {"image_cache": "auto"}
 #: ``1``: refuse data whose duplicate images span splits (``facebench run --strict``; workers inherit it).
 STRICT_DATA_ENV = "FACEBENCH_STRICT_DATA"
@@ -48,8 +48,8 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], 
     import lightning as L
     from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, RichProgressBar
 
-    from benchmarks.callbacks import AtomicCheckpointIO, EpochSeeder, RunLoggingCallback
-    from benchmarks.logging_setup import build_loggers
+    from facebench.benchmarks.callbacks import AtomicCheckpointIO, EpochSeeder, RunLoggingCallback
+    from facebench.benchmarks.logging_setup import build_loggers
 
     trainer_cfg = dict(cfg["trainer"])
     if not gradient_trained:   # nothing for DDP to synchronise: one process does it
@@ -86,11 +86,11 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
     import lightning as L
     import torch
 
-    from benchmarks.logging_setup import configure_output
-    from benchmarks.records import write_records
-    from datamodules.base import create_datamodule
-    from lightning_modules.base import NonFiniteLossError
-    from lightning_modules.registry import IncompatibleTaskError, create_method, get_method_class
+    from facebench.benchmarks.logging_setup import configure_output
+    from facebench.benchmarks.records import write_records
+    from facebench.datamodules.base import create_datamodule
+    from facebench.lightning_modules.base import NonFiniteLossError
+    from facebench.lightning_modules.registry import IncompatibleTaskError, create_method, get_method_class
 
     if cfg is None:
         cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
@@ -110,7 +110,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         dm.setup("fit")
         dm.report["checks"] = dm.data_checks()   # facebench inspect's counts of doubts, into the run records
         if os.environ.get(STRICT_DATA_ENV) == "1":
-            from datamodules.describe import require_disjoint_splits
+            from facebench.datamodules.describe import require_disjoint_splits
 
             require_disjoint_splits(dm, cfg["dataset_key"])
         args = dict(cfg["method"]["args"])
@@ -152,7 +152,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
             for lg in trainer.loggers:
                 if hasattr(lg, "log_run_records"):   # W&B: the run's metric table and ROC / reliability figures
                     try:
-                        from benchmarks.figures import write_figures
+                        from facebench.benchmarks.figures import write_figures
 
                         write_figures(run_dir, run_dir / "figures")
                         lg.log_run_records(run_dir, summary)
@@ -171,7 +171,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001  (recorded, the suite goes on)
         if rank_zero:
             set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
-        from datamodules.formats import DatasetFormatError
+        from facebench.datamodules.formats import DatasetFormatError
 
         if isinstance(exc, (DatasetFormatError, FileNotFoundError)):   # data errors: one line (traceback: status.json)
             print(f"[facebench] {cfg['run_id']}: {exc}", file=sys.stderr)
@@ -183,7 +183,7 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) != 1:
-        print("usage: python -m benchmarks.worker RUN_DIR", file=sys.stderr)
+        print("usage: python -m facebench.benchmarks.worker RUN_DIR", file=sys.stderr)
         return 2
     return execute(Path(argv[0]))
 

@@ -3,12 +3,12 @@ splits, file verification, loaders, the image cache, input configuration) and th
 creates datamodules by name.
 
 A concrete dataset file (``celeba.py``, ``lfwa.py``, ...) parses its files into a
-:class:`~datamodules.table.SampleTable` per split and declares its
-:class:`~datamodules.core.tasks.TaskSpec`; the rest lives in shared modules: the text readers and
-:class:`~datamodules.formats.DatasetFormatError` in :mod:`datamodules.formats`, image decoding and
-checks in :mod:`datamodules.image_files`, the sample dicts in :mod:`datamodules.dataset`
-(:class:`~datamodules.dataset.FaceDataset`), ``facebench inspect``'s figures in
-:mod:`datamodules.describe`.
+:class:`~facebench.datamodules.table.SampleTable` per split and declares its
+:class:`~facebench.core.tasks.TaskSpec`; the rest lives in shared modules: the text readers and
+:class:`~facebench.datamodules.formats.DatasetFormatError` in :mod:`facebench.datamodules.formats`, image decoding and
+checks in :mod:`facebench.datamodules.image_files`, the sample dicts in :mod:`facebench.datamodules.dataset`
+(:class:`~facebench.datamodules.dataset.FaceDataset`), ``facebench inspect``'s figures in
+:mod:`facebench.datamodules.describe`.
 """
 
 from __future__ import annotations
@@ -26,20 +26,20 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader
 
-from datamodules import describe as describe_module
-from datamodules import duplicates
-from datamodules.core.config import check_options, constructor_options
-from datamodules.core.registry import Registry
-from datamodules.cache import StoredGeometry, StoredImages
-from datamodules.dataset import FaceDataset, crop_boxes
-from datamodules.formats import DatasetFormatError, unique_rows
-from datamodules.image_files import check_image_file
-from datamodules.sampling import EpochShardSampler
-from datamodules.splits import SplitConfig, assign_splits, split_indices, strata_of
-from datamodules.core.tasks import TaskSpec
-from datamodules.table import SampleTable
-from datamodules.transforms import FaceTransform, TransformConfig
-from datamodules.wild import WildConfig, aligned_source, apply_wild
+from facebench.datamodules import describe as describe_module
+from facebench.datamodules import duplicates
+from facebench.core.config import check_options, constructor_options
+from facebench.core.registry import Registry
+from facebench.datamodules.cache import StoredGeometry, StoredImages
+from facebench.datamodules.dataset import FaceDataset, crop_boxes
+from facebench.datamodules.formats import DatasetFormatError, unique_rows
+from facebench.datamodules.image_files import check_image_file
+from facebench.datamodules.sampling import EpochShardSampler
+from facebench.datamodules.splits import SplitConfig, assign_splits, split_indices, strata_of
+from facebench.core.tasks import TaskSpec
+from facebench.datamodules.table import SampleTable
+from facebench.datamodules.transforms import FaceTransform, TransformConfig
+from facebench.datamodules.wild import WildConfig, aligned_source, apply_wild
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: TransformConfig fields of a method's defaults that frame or normalise the image rather than augment it:
@@ -52,7 +52,7 @@ UNSPLIT = "all"
 # registry
 # ------------------------------------------------------------------------------------------------
 def _load_all() -> None:
-    import datamodules.all  # noqa: F401  (registers every datamodule)
+    import facebench.datamodules.all  # noqa: F401  (registers every datamodule)
 
 
 DATAMODULES: Registry[type["FaceDataModule"]] = Registry("dataset", loader=_load_all, name_attribute="registered_name")
@@ -83,7 +83,7 @@ class FaceDataModule(L.LightningDataModule):
     * ``crop``: ``"image"`` or ``"box"`` (crop the face box when the dataset has boxes);
     * ``landmarks``: return landmarks in samples when the dataset has them;
     * ``seed``: for derived splits and subsets (same seed, same split on every machine);
-    * ``split``: :class:`~datamodules.splits.SplitConfig` fields, used by datasets without an
+    * ``split``: :class:`~facebench.datamodules.splits.SplitConfig` fields, used by datasets without an
       official split (``load_tables`` returns ``{UNSPLIT: table}``), to carve ``val`` out of an
       official train split that has none, or to re-split (``override_official``);
     * ``verify_images``: ``"header"`` (default: a fast header / end-marker check, cached on disk by
@@ -91,22 +91,22 @@ class FaceDataModule(L.LightningDataModule):
       skipped and listed in ``report["skipped"]`` (``strict``: a :class:`DatasetFormatError` naming
       the file);
     * ``landmark_provider``: fill ``SampleTable.landmarks`` (``"dataset"``, ``"dlib68"`` or
-      ``{name: dlib68, detector: image}``, see :mod:`datamodules.landmarks`);
-    * ``preprocess``: :class:`~datamodules.preprocess.PreprocessConfig` fields (face detection,
+      ``{name: dlib68, detector: image}``, see :mod:`facebench.datamodules.landmarks`);
+    * ``preprocess``: :class:`~facebench.datamodules.preprocess.PreprocessConfig` fields (face detection,
       eye alignment, global contrast normalisation, training-mean subtraction);
     * ``cache_dir``: where per-image results are cached (default ``$FACEBENCH_CACHE`` or
       ``~/.cache/facebench``).
     * ``image_cache``: ``true`` / ``false`` (default) / ``auto`` or a mapping of
-      :class:`~datamodules.cache.ImageCacheConfig` fields: keep the stage-1 images of each split in
+      :class:`~facebench.datamodules.cache.ImageCacheConfig` fields: keep the stage-1 images of each split in
       a memory-mapped array under ``cache_dir`` (built once by the training / evaluation loaders,
       shared by every run); ``oversample``: stage 1 stores ``(resize_to or image_size) *
       oversample`` pixels on the shorter side (or crop-box side), never more than the source;
-      ``crop_context``: stored region / crop box side (see :mod:`datamodules.cache`);
+      ``crop_context``: stored region / crop box side (see :mod:`facebench.datamodules.cache`);
     * ``augment_on``: where the training warp and augmentation run: ``"worker"`` (DataLoader
       workers, OpenCV), ``"batch"`` (on the whole batch after it reached the device,
-      :mod:`datamodules.batch_augment`) or ``"auto"`` (default: ``batch`` when training on CUDA).
+      :mod:`facebench.datamodules.batch_augment`) or ``"auto"`` (default: ``batch`` when training on CUDA).
     * ``wild``: composite every image onto a cluttered canvas and record its face box
-      (:class:`~datamodules.wild.WildConfig` fields, see :mod:`datamodules.wild`).
+      (:class:`~facebench.datamodules.wild.WildConfig` fields, see :mod:`facebench.datamodules.wild`).
     * ``duplicate_rows``: an image listed on more than one row of a label table: ``"error"``
       (default: a :class:`DatasetFormatError` naming the file, both lines and the values),
       ``"first"`` (keep the first row) or ``"drop_conflicting"`` (drop an image whose rows
@@ -115,7 +115,7 @@ class FaceDataModule(L.LightningDataModule):
       image duplicates a training image (``report["dedupe"]``); ``near_duplicates``: also treat
       images whose 64-bit difference hashes differ in at most this many bits as duplicates (derived
       splits, ``dedupe``, the cross-split count; default: same bytes only). See
-      :mod:`datamodules.duplicates`.
+      :mod:`facebench.datamodules.duplicates`.
     """
 
     registered_name: ClassVar[str] = ""
@@ -137,7 +137,7 @@ class FaceDataModule(L.LightningDataModule):
                  augment_on: str = "auto", wild: bool | dict[str, Any] | None = None, duplicate_rows: str = "error",
                  dedupe: dict[str, str] | None = None, near_duplicates: int | None = None):
         super().__init__()
-        from datamodules.preprocess import PreprocessConfig
+        from facebench.datamodules.preprocess import PreprocessConfig
 
         if verify_images not in ("header", "full", "none"):
             raise ValueError(f"verify_images must be 'header', 'full' or 'none', got {verify_images!r}")
@@ -164,7 +164,7 @@ class FaceDataModule(L.LightningDataModule):
         self.eval_cfg = TransformConfig(**base)
         self.train_cfg = TransformConfig(**{**base, **(train_transforms or {})})
         self.augment_seed = seed   # the runner sets the run's seed here (data order, augmentation)
-        from datamodules.cache import ImageCacheConfig
+        from facebench.datamodules.cache import ImageCacheConfig
 
         if augment_on not in ("worker", "batch", "auto"):
             raise ValueError(f"augment_on must be 'worker', 'batch' or 'auto', got {augment_on!r}")
@@ -219,18 +219,18 @@ class FaceDataModule(L.LightningDataModule):
         self.verify_files(tables)
         self._task, self.tables = task, tables
         if self.landmark_provider:
-            from datamodules.landmarks import fill_landmarks
+            from facebench.datamodules.landmarks import fill_landmarks
 
             fill_landmarks(self, self.landmark_provider)
         apply_wild(self)
         if self.preprocess_cfg.geometric:
-            from datamodules.preprocess import compute_alignment
+            from facebench.datamodules.preprocess import compute_alignment
 
             compute_alignment(self)
 
     # -- splits, verification ------------------------------------------------------------------------
     def apply_split(self, task: TaskSpec, tables: dict[str, SampleTable]) -> dict[str, SampleTable]:
-        """Official splits as loaded; derived ones per :attr:`split_cfg` (see :mod:`datamodules.splits`)."""
+        """Official splits as loaded; derived ones per :attr:`split_cfg` (see :mod:`facebench.datamodules.splits`)."""
         cfg = self.split_cfg
         if UNSPLIT in tables or cfg.override_official:
             whole = tables[UNSPLIT] if list(tables) == [UNSPLIT] else SampleTable.concat(list(tables.values()))
@@ -276,7 +276,7 @@ class FaceDataModule(L.LightningDataModule):
                     fields: Sequence[str] | None = None, what: str = "image",
                     key_name: Any = None) -> tuple[np.ndarray, set]:
         """Rows of a label table to keep under ``duplicate_rows`` and the keys dropped altogether
-        (:func:`datamodules.formats.unique_rows`); counted in ``report["repeated_rows"]``."""
+        (:func:`facebench.datamodules.formats.unique_rows`); counted in ``report["repeated_rows"]``."""
         keep, counts, dropped = unique_rows(path, keys, values, lines, self.duplicate_rows, fields=fields, what=what,
                                             key_name=key_name)
         if counts["repeated"]:
@@ -299,7 +299,7 @@ class FaceDataModule(L.LightningDataModule):
         cached by (path, size, mtime) so that a second setup of 200k images only stats them."""
         if self.verify_images == "none":
             return
-        from datamodules.preprocess import FileCache
+        from facebench.datamodules.preprocess import FileCache
 
         root = (self.root or Path(".")).absolute()
         full = self.verify_images == "full"
@@ -342,7 +342,7 @@ class FaceDataModule(L.LightningDataModule):
         train = (split == "train") if train is None else train
         cfg, normalizer = self.train_cfg if train else self.eval_cfg, None
         if self.preprocess_cfg.photometric:
-            from datamodules.preprocess import Normalizer
+            from facebench.datamodules.preprocess import Normalizer
 
             cfg = self._unnormalized(cfg)
             normalizer = Normalizer(self.preprocess_cfg, self.pixel_statistics())
@@ -355,7 +355,7 @@ class FaceDataModule(L.LightningDataModule):
 
     # -- stage 1 and its cache -------------------------------------------------------------------------
     def stored_geometry(self, cfg: TransformConfig) -> StoredGeometry:
-        """What stage 1 keeps of each image for a transform config (see :mod:`datamodules.cache`)."""
+        """What stage 1 keeps of each image for a transform config (see :mod:`facebench.datamodules.cache`)."""
         return StoredGeometry.for_input(cfg.image_size, cfg.resize_to, cfg.channels, self.oversample, self.crop_context)
 
     def stored_images(self, split: str, geometry: StoredGeometry, build: bool = False) -> StoredImages | None:
@@ -368,7 +368,7 @@ class FaceDataModule(L.LightningDataModule):
         tab = self.tables[split]
         if self.image_cache_cfg.enabled is False or tab.arrays is not None or not len(tab):
             return None
-        from datamodules.cache import ImageCache
+        from facebench.datamodules.cache import ImageCache
 
         cache = self._image_caches.get(key)
         if cache is None:
@@ -399,7 +399,7 @@ class FaceDataModule(L.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         """Lightning hook (the batch is on the device): stage 2 of ``augment_on: batch`` batches."""
-        from datamodules.batch_augment import is_stored_batch
+        from facebench.datamodules.batch_augment import is_stored_batch
 
         if is_stored_batch(batch):
             if self._batch_augment is None:
@@ -422,7 +422,7 @@ class FaceDataModule(L.LightningDataModule):
         cfg = self._unnormalized(self.eval_cfg)
         key = (cfg.image_size, cfg.channels, cfg.resize_to)
         if key not in self._pixel_stats:
-            from datamodules.preprocess import Normalizer, PreprocessConfig, pixel_statistics
+            from facebench.datamodules.preprocess import Normalizer, PreprocessConfig, pixel_statistics
 
             gcn_only = Normalizer(PreprocessConfig(global_contrast=pcfg.global_contrast, gcn_scale=pcfg.gcn_scale), None)
             geometry = self.stored_geometry(cfg)
@@ -443,7 +443,7 @@ class FaceDataModule(L.LightningDataModule):
         ds = self.dataset(split, train, output="stored" if in_batches else "tensor")
         collate = None
         if in_batches:
-            from datamodules.batch_augment import BatchAugment, collate_stored
+            from facebench.datamodules.batch_augment import BatchAugment, collate_stored
 
             self._batch_augment, collate = BatchAugment(ds.transform, self.augment_seed, ds.normalizer), collate_stored
         sampler = EpochShardSampler(len(ds), shuffle=shuffle, seed=self.augment_seed, encode_epoch=ds.transform.train)
@@ -487,21 +487,21 @@ class FaceDataModule(L.LightningDataModule):
             raise ValueError(f"{self.registered_name}: the {split} split has no identities")
         return sorted(int(i) for i in np.unique(ids) if i >= 0)
 
-    # -- description (datamodules.describe) -------------------------------------------------------------
+    # -- description (facebench.datamodules.describe) -------------------------------------------------------------
     def describe(self, check_files: bool = True) -> dict[str, Any]:
-        """What ``facebench inspect`` prints (see :func:`datamodules.describe.describe`)."""
+        """What ``facebench inspect`` prints (see :func:`facebench.datamodules.describe.describe`)."""
         return describe_module.describe(self, check_files)
 
     def rater_agreement(self) -> dict[str, float] | None:
-        """Fleiss' kappa per voted target (see :func:`datamodules.describe.rater_agreement`)."""
+        """Fleiss' kappa per voted target (see :func:`facebench.datamodules.describe.rater_agreement`)."""
         return describe_module.rater_agreement(self)
 
     def data_checks(self) -> dict[str, int]:
-        """``facebench inspect``'s counts of doubts about the data (see :func:`datamodules.describe.data_checks`)."""
+        """``facebench inspect``'s counts of doubts about the data (see :func:`facebench.datamodules.describe.data_checks`)."""
         return describe_module.data_checks(self)
 
     def duplicate_files(self) -> list[list[str]]:
-        """Groups of samples with identical image files (see :func:`datamodules.describe.duplicate_files`)."""
+        """Groups of samples with identical image files (see :func:`facebench.datamodules.describe.duplicate_files`)."""
         return describe_module.duplicate_files(self)
 
 

@@ -1,21 +1,21 @@
 """Stage 2 of the image pipeline on whole batches, on the accelerator (``augment_on: batch``).
 
 With ``augment_on: batch`` the training DataLoader workers only read stage-1 images (see
-:mod:`datamodules.cache`: a memmap slice when the image cache is on) and collate them as ``uint8``
+:mod:`facebench.datamodules.cache`: a memmap slice when the image cache is on) and collate them as ``uint8``
 canvases; :class:`BatchAugment`, called from :meth:`FaceDataModule.on_after_batch_transfer`
 (after the batch reached the GPU), applies the per-sample affine warp of
-:mod:`datamodules.transforms` to the whole batch with one ``F.affine_grid``-style sampling grid and
+:mod:`facebench.datamodules.transforms` to the whole batch with one ``F.affine_grid``-style sampling grid and
 one ``F.grid_sample``, then colour jitter and normalisation.
 
 * The random parameters are those of the worker path: each sample's matrix comes from
-  :meth:`FaceTransform.geometry <datamodules.transforms.FaceTransform.geometry>` with the generator
+  :meth:`FaceTransform.geometry <facebench.datamodules.transforms.FaceTransform.geometry>` with the generator
   seeded by (seed, epoch, index), so both paths draw the same crop / flip / rotation / jitter /
   colour factors; only the interpolation differs (bilinear ``grid_sample`` vs ``cv2.warpAffine``,
   within a few grey levels of each other at the usual stage-2 scales of 0.75-1; the worker path
   switches to area interpolation below 0.75, ``grid_sample`` does not).
 * Coordinates follow OpenCV's pixel-index convention (``align_corners=True`` on the canvas) so the
   same 2x3 matrix moves pixels, landmarks and boxes; a flip re-orders landmark indices with
-  :data:`~datamodules.transforms.FLIP_PERMUTATIONS`.
+  :data:`~facebench.datamodules.transforms.FLIP_PERMUTATIONS`.
 * Borders: ``reflect`` reflects about each image's own valid region (``BORDER_REFLECT_101``; a
   letter-boxed canvas never leaks its padding), ``constant`` reads zeros.
 """
@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import default_collate
 
-from datamodules.transforms import FLIP_PERMUTATIONS, FaceTransform
+from facebench.datamodules.transforms import FLIP_PERMUTATIONS, FaceTransform
 
 #: Keys a stage-1 ("stored") sample carries besides the usual ones; ``stored_size`` marks such a batch.
 STORED_KEYS: tuple[str, ...] = ("stored_size", "crop_box", "angle", "epoch")
@@ -172,7 +172,7 @@ class BatchAugment:
 
     def _device_normalizer(self, device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
         """The photometric normaliser with its statistics on ``device`` (moved once)."""
-        from datamodules.preprocess import Normalizer, PixelStatistics
+        from facebench.datamodules.preprocess import Normalizer, PixelStatistics
 
         norm = self.normalizer
         if isinstance(norm, Normalizer) and norm.stats is not None and self._normalizer_device != device:

@@ -12,9 +12,9 @@ Every image goes through two stages, with or without the cache:
    Without a crop box the region is the whole image; with one (``crop: box``, detected / aligned
    faces) it is the square of ``context`` times the box side around the box centre, clipped to the
    image, so that a small face in a large in-the-wild photo is stored at the resolution it is used at.
-2. **Per-sample warp** (:mod:`datamodules.transforms`): the one affine warp per image with its
+2. **Per-sample warp** (:mod:`facebench.datamodules.transforms`): the one affine warp per image with its
    random crop / flip / rotation / jitter, applied to the stage-1 image (in the DataLoader workers,
-   or batched on the accelerator by :mod:`datamodules.batch_augment`).
+   or batched on the accelerator by :mod:`facebench.datamodules.batch_augment`).
 
 Because the uncached path runs the same :func:`prescale` per item that the cache builder runs once,
 "the cache gives the same tensors as the uncached path" holds bitwise.
@@ -37,7 +37,7 @@ Key, sharing and invalidation: a cache file is named by the dataset, split, stor
 a SHA-1 over (relative path, size, mtime_ns) of every source file plus the geometry parameters
 and crop boxes; any change of a source file gives a new key (the stale file of the same sample
 set is deleted once the new one is complete). It lives under ``<cache_dir>/image_cache``
-(``$FACEBENCH_CACHE`` or ``~/.cache/facebench``, like :class:`~datamodules.preprocess.FileCache`),
+(``$FACEBENCH_CACHE`` or ``~/.cache/facebench``, like :class:`~facebench.datamodules.preprocess.FileCache`),
 so every run of a suite, and every suite, shares it. It is built once, under an exclusive
 ``fcntl`` lock (concurrent runs and DDP ranks wait for the first builder, then open its file), in
 parallel over chunks of images (a process pool whose workers write disjoint slices of the memmap)
@@ -62,7 +62,7 @@ from typing import Any, Iterator, Sequence
 import cv2
 import numpy as np
 
-from datamodules.core.config import config_from_value
+from facebench.core.config import config_from_value
 
 #: Bump when the stored pixels of a given plan change (new resize, new channel conversion...).
 CACHE_VERSION = 1
@@ -123,7 +123,7 @@ def plan_row(width: int, height: int, crop_box: Sequence[float] | None, geometry
 
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to uint8 HxWx3 (RGB) or HxWx1 (grayscale) with PIL; PIL's errors pass
-    through (:func:`datamodules.base.load_image` turns them into clear dataset errors)."""
+    through (:func:`facebench.datamodules.base.load_image` turns them into clear dataset errors)."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -292,7 +292,7 @@ class ImageCache:
 
     def __init__(self, directory: str | os.PathLike | None, dataset: str, split: str, root: Path,
                  paths: Sequence[str], geometry: StoredGeometry, crop_boxes: np.ndarray | None = None):
-        from datamodules.preprocess import default_cache_dir
+        from facebench.datamodules.preprocess import default_cache_dir
 
         self.dir = (Path(directory).expanduser() if directory else default_cache_dir()) / "image_cache"
         self.dataset, self.split, self.root, self.paths = dataset or "dataset", split, Path(root), list(paths)

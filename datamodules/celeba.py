@@ -9,9 +9,9 @@ Files read (all tolerate CRLF or LF line ends, runs of spaces and trailing space
 * optional ``list_landmarks_align_celeba.txt`` (5 points in the aligned images),
   ``list_bbox_celeba.txt`` + ``list_landmarks_celeba.txt`` with ``img_celeba/`` (in the wild).
 
-Every malformed line raises :class:`~datamodules.formats.DatasetFormatError` naming the file, the
+Every malformed line raises :class:`~facebench.datamodules.formats.DatasetFormatError` naming the file, the
 line number and what was expected. An image listed twice in any of these files follows the
-``duplicate_rows`` policy (:meth:`~datamodules.base.FaceDataModule.unique_rows`). Images go under
+``duplicate_rows`` policy (:meth:`~facebench.datamodules.base.FaceDataModule.unique_rows`). Images go under
 ``img_align_celeba/`` (or ``img_celeba/`` in the wild variant).
 """
 
@@ -23,10 +23,10 @@ from typing import Sequence
 
 import numpy as np
 
-from datamodules.base import FaceDataModule, register_datamodule
-from datamodules.core.tasks import TaskSpec
-from datamodules.formats import DatasetFormatError, read_table_file
-from datamodules.table import SampleTable
+from facebench.datamodules.base import FaceDataModule, register_datamodule
+from facebench.core.tasks import TaskSpec
+from facebench.datamodules.formats import DatasetFormatError, read_table_file
+from facebench.datamodules.table import SampleTable
 
 #: The 40 CelebA attributes in the order of ``list_attr_celeba.txt``.
 CELEBA_ATTRIBUTES: tuple[str, ...] = (

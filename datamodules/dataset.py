@@ -12,12 +12,12 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from datamodules.cache import StoredGeometry, StoredImages, box_to_stored, plan_row, prescale, to_stored
-from datamodules.core.tasks import MISSING
-from datamodules.formats import DatasetFormatError
-from datamodules.image_files import load_image
-from datamodules.table import SampleTable
-from datamodules.transforms import FaceTransform
+from facebench.datamodules.cache import StoredGeometry, StoredImages, box_to_stored, plan_row, prescale, to_stored
+from facebench.core.tasks import MISSING
+from facebench.datamodules.formats import DatasetFormatError
+from facebench.datamodules.image_files import load_image
+from facebench.datamodules.table import SampleTable
+from facebench.datamodules.transforms import FaceTransform
 
 
 def crop_boxes(table: SampleTable, crop: str, box_margin: float) -> np.ndarray | None:
@@ -39,17 +39,17 @@ class FaceDataset(Dataset):
 
     ``crop`` chooses what the network sees: ``"image"`` the whole (aligned) image, ``"box"`` the
     face box of each sample scaled by ``box_margin`` (in-the-wild images). A per-image alignment
-    (``table.extra["align_box"]`` / ``["align_angle"]``, see :mod:`datamodules.preprocess`) takes
+    (``table.extra["align_box"]`` / ``["align_angle"]``, see :mod:`facebench.datamodules.preprocess`) takes
     precedence. ``normalizer`` maps the image tensor after the transform (global contrast
     normalisation, training-mean subtraction). An image that fails to decode raises in ``strict``
     mode; otherwise it is replaced by a blank image whose labels are all missing (``-1``, ignored by
     losses and metrics) and a warning names the file.
 
-    Images go through two stages (:mod:`datamodules.cache`): stage 1 (:meth:`stage1`: decode and
+    Images go through two stages (:mod:`facebench.datamodules.cache`): stage 1 (:meth:`stage1`: decode and
     pre-resize to the stored ``geometry``, or read it from the image cache ``stored``), then the
     per-sample warp of ``transform``. ``output="stored"`` returns stage 1 only (``uint8`` image,
     coordinates in stored pixels, ``stored_size``, ``crop_box``, ``angle``, ``epoch``) for
-    :class:`~datamodules.batch_augment.BatchAugment` to warp on the batch.
+    :class:`~facebench.datamodules.batch_augment.BatchAugment` to warp on the batch.
     """
 
     def __init__(self, table: SampleTable, root: Path, transform: FaceTransform, *, crop: str = "image",
@@ -78,7 +78,7 @@ class FaceDataset(Dataset):
         return load_image(self.root / self.table.paths[i])
 
     def stage1(self, i: int) -> tuple[np.ndarray, np.ndarray]:
-        """Stage 1 of sample ``i`` (see :mod:`datamodules.cache`): the stored image and its plan row,
+        """Stage 1 of sample ``i`` (see :mod:`facebench.datamodules.cache`): the stored image and its plan row,
         from the image cache when there is one, else decoded and pre-resized now (same pixels)."""
         if self.stored is not None:
             if not self.stored.usable(i):
@@ -112,7 +112,7 @@ class FaceDataset(Dataset):
         lm = to_stored(row, lm) if lm is not None else None
         box = box_to_stored(row, box) if box is not None else None
         crop_box = box_to_stored(row, crop_box) if crop_box is not None and np.isfinite(crop_box).all() else None
-        if self.output == "stored":   # stage 2 runs on the batch (datamodules.batch_augment)
+        if self.output == "stored":   # stage 2 runs on the batch (facebench.datamodules.batch_augment)
             sample = {"image": torch.from_numpy(image).permute(2, 0, 1).contiguous(),
                       "stored_size": torch.tensor([image.shape[1], image.shape[0]], dtype=torch.long),
                       "crop_box": torch.tensor(crop_box if crop_box is not None else [float("nan")] * 4, dtype=torch.float64),

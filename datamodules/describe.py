@@ -2,7 +2,7 @@
 per split, target prevalence, identities and their overlap between splits, rater agreement
 (Fleiss' kappa), duplicate image files (and the groups of duplicates spanning splits), images
 listed on more than one row of a label table and files skipped at setup. :func:`data_checks`
-condenses the doubts into counts (what the suite reports carry). :mod:`datamodules.inspect`
+condenses the doubts into counts (what the suite reports carry). :mod:`facebench.datamodules.inspect`
 renders it as text."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 if TYPE_CHECKING:
-    from datamodules.base import FaceDataModule
+    from facebench.datamodules.base import FaceDataModule
 
 
 def describe(dm: FaceDataModule, check_files: bool = True) -> dict[str, Any]:
@@ -74,8 +74,8 @@ def data_checks(dm: FaceDataModule) -> dict[str, int]:
 def rater_agreement(dm: FaceDataModule) -> dict[str, float] | None:
     """Fleiss' kappa of the raters per target with votes (all splits together) and, when a
     target has more than two vote columns, the category kappa of each column (``target/class``),
-    from :mod:`datamodules.core.agreement`. ``None`` when no target has votes."""
-    from datamodules.core.agreement import category_kappas, fleiss_kappa
+    from :mod:`facebench.core.agreement`. ``None`` when no target has votes."""
+    from facebench.core.agreement import category_kappas, fleiss_kappa
 
     names = [t for t in dm.task.targets if any(t.name in tab.votes for tab in dm.tables.values())]
     if not names:
@@ -95,8 +95,8 @@ def rater_agreement(dm: FaceDataModule) -> dict[str, float] | None:
 
 def duplicate_files(dm: FaceDataModule) -> list[list[str]]:
     """Groups (``split:path``) of samples whose image files have the same bytes (e.g. one in train,
-    one in test), from :func:`datamodules.duplicates.byte_hashes`."""
-    from datamodules.duplicates import byte_hashes
+    one in test), from :func:`facebench.datamodules.duplicates.byte_hashes`."""
+    from facebench.datamodules.duplicates import byte_hashes
 
     by_hash: dict[str, list[str]] = {}
     for split, tab in dm.tables.items():
@@ -108,8 +108,8 @@ def duplicate_files(dm: FaceDataModule) -> list[list[str]]:
 
 def cross_split_duplicates(dm: FaceDataModule) -> list[list[str]]:
     """Groups (``split:path``) of duplicate images spanning more than one split: the same bytes, or
-    near-duplicates with ``near_duplicates`` (see :mod:`datamodules.duplicates`)."""
-    from datamodules.duplicates import cross_split, split_groups
+    near-duplicates with ``near_duplicates`` (see :mod:`facebench.datamodules.duplicates`)."""
+    from facebench.datamodules.duplicates import cross_split, split_groups
 
     dm.setup()
     groups = cross_split(split_groups(dm.tables, dm.root, dm.cache_dir, dm.near_duplicates))
@@ -117,9 +117,9 @@ def cross_split_duplicates(dm: FaceDataModule) -> list[list[str]]:
 
 
 def require_disjoint_splits(dm: FaceDataModule, name: str) -> None:
-    """``facebench run --strict``: raise :class:`~datamodules.formats.DatasetFormatError` (one line
+    """``facebench run --strict``: raise :class:`~facebench.datamodules.formats.DatasetFormatError` (one line
     naming the dataset and the count) when groups of duplicate images span ``dm``'s splits."""
-    from datamodules.formats import DatasetFormatError
+    from facebench.datamodules.formats import DatasetFormatError
 
     n = (dm.report.get("checks") or data_checks(dm))["cross_split_duplicates"]
     if n:

@@ -9,7 +9,7 @@
   O(N^2) 64-bit operations, a few seconds for 25k images);
 * :func:`duplicate_groups`: groups of one table's samples that are duplicates of each other
   (connected components of the pairs), what derived splits keep in one split
-  (:meth:`~datamodules.base.FaceDataModule.derive_split`), with identities (:func:`components`);
+  (:meth:`~facebench.datamodules.base.FaceDataModule.derive_split`), with identities (:func:`components`);
 * :func:`split_groups`: the groups over all splits, each member as ``(split, index)``;
   :func:`cross_split` keeps those spanning more than one split (what ``facebench inspect`` and the
   suite reports count);
@@ -27,10 +27,10 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 import cv2
 import numpy as np
 
-from datamodules.table import SampleTable
+from facebench.datamodules.table import SampleTable
 
 if TYPE_CHECKING:
-    from datamodules.base import FaceDataModule
+    from facebench.datamodules.base import FaceDataModule
 
 HASH_SIDE = 8          # difference hash: (HASH_SIDE + 1) x HASH_SIDE thumbnail -> 64 bits
 _PAIR_BLOCK = 1 << 24  # hash comparisons per block of near_pairs (memory bound)
@@ -44,7 +44,7 @@ def byte_hashes(table: SampleTable, root: str | os.PathLike | None,
                 cache_dir: str | os.PathLike | None) -> list[str | None]:
     """SHA-1 per sample of its file's bytes (of its pixels for in-memory images); ``None`` for a
     file that cannot be read."""
-    from datamodules.preprocess import FileCache
+    from facebench.datamodules.preprocess import FileCache
 
     if table.arrays is not None:
         return [hashlib.sha1(np.ascontiguousarray(a).tobytes()).hexdigest() for a in table.arrays]
@@ -56,7 +56,7 @@ def byte_hashes(table: SampleTable, root: str | os.PathLike | None,
         for key in keys:
             h = known.get(key)
             if h is None:
-                from datamodules.preprocess import sha1_file
+                from facebench.datamodules.preprocess import sha1_file
 
                 try:
                     h = sha1_file(key)
@@ -83,8 +83,8 @@ def difference_hashes(table: SampleTable, root: str | os.PathLike | None,
                       cache_dir: str | os.PathLike | None) -> tuple[np.ndarray, np.ndarray]:
     """(difference hash per sample as ``uint64``, whether it could be computed), cached like the
     byte hashes (an image that cannot be decoded has no hash)."""
-    from datamodules.image_files import load_image
-    from datamodules.preprocess import FileCache
+    from facebench.datamodules.image_files import load_image
+    from facebench.datamodules.preprocess import FileCache
 
     n = len(table)
     hashes, valid = np.zeros(n, dtype=np.uint64), np.zeros(n, dtype=bool)
@@ -200,7 +200,7 @@ def cross_split(groups: list[list[tuple[str, int]]]) -> list[list[tuple[str, int
 def check_options(duplicate_rows: str, dedupe: dict[str, str] | None,
                   near_duplicates: int | None) -> tuple[str, dict[str, str], int | None]:
     """Validated ``(duplicate_rows, dedupe (only the dropped splits), near_duplicates)``."""
-    from datamodules.formats import DUPLICATE_ROW_POLICIES
+    from facebench.datamodules.formats import DUPLICATE_ROW_POLICIES
 
     if duplicate_rows not in DUPLICATE_ROW_POLICIES:
         raise ValueError(f"duplicate_rows must be one of {', '.join(DUPLICATE_ROW_POLICIES)}, got {duplicate_rows!r}")

@@ -41,10 +41,10 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import FaceDataModule, register_datamodule
-from datamodules.formats import DatasetFormatError, header_columns, open_csv
-from datamodules.table import SampleTable
-from datamodules.core.tasks import MISSING, Target, TaskSpec
+from facebench.datamodules.base import FaceDataModule, register_datamodule
+from facebench.datamodules.formats import DatasetFormatError, header_columns, open_csv
+from facebench.datamodules.table import SampleTable
+from facebench.core.tasks import MISSING, Target, TaskSpec
 
 FER2013_EMOTIONS: tuple[str, ...] = ("anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral")
 FER2013_USAGE = {"Training": "train", "PublicTest": "val", "PrivateTest": "test"}

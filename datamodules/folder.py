@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 import yaml
 
-from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
-from datamodules.core.tasks import MISSING, TARGET_KINDS, Target, TaskSpec, age_bins
-from datamodules.formats import DatasetFormatError, age_bin, check_label_spellings, fold_label, header_columns, open_csv
-from datamodules.table import SampleTable
+from facebench.datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
+from facebench.core.tasks import MISSING, TARGET_KINDS, Target, TaskSpec, age_bins
+from facebench.datamodules.formats import DatasetFormatError, age_bin, check_label_spellings, fold_label, header_columns, open_csv
+from facebench.datamodules.table import SampleTable
 
 TRUE_WORDS = {"1", "+1", "true", "yes", "y"}
 FALSE_WORDS = {"0", "-1", "false", "no", "n"}

@@ -8,8 +8,8 @@ import os
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from datamodules.cache import decode_image
-from datamodules.formats import DatasetFormatError
+from facebench.datamodules.cache import decode_image
+from facebench.datamodules.formats import DatasetFormatError
 
 
 def load_image(path: str | os.PathLike) -> np.ndarray:

@@ -10,7 +10,7 @@
   (TCDCN) and notes any other can replace it.
 
 Datamodule argument: ``landmark_provider: dlib68`` or ``{name: dlib68, detector: image, upsample: 1}``.
-Predictions are computed once per image and cached on disk (:class:`~datamodules.preprocess.FileCache`,
+Predictions are computed once per image and cached on disk (:class:`~facebench.datamodules.preprocess.FileCache`,
 keyed by file and content: a changed image is recomputed).
 """
 
@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.preprocess import FileCache, table_keys
+from facebench.datamodules.preprocess import FileCache, table_keys
 
 
 def dlib_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
@@ -90,8 +90,8 @@ def dlib68(image: np.ndarray, detector: str = "hog", upsample: int = 1) -> tuple
 
 
 def _dlib68_job(job: tuple[Any, str, int]) -> tuple[np.ndarray, bool] | None:
-    from datamodules.formats import DatasetFormatError
-    from datamodules.image_files import load_image
+    from facebench.datamodules.formats import DatasetFormatError
+    from facebench.datamodules.image_files import load_image
 
     source, detector, upsample = job
     try:

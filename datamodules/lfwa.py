@@ -30,11 +30,11 @@ from pathlib import Path
 
 import numpy as np
 
-from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
-from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.core.tasks import MISSING, TaskSpec
-from datamodules.formats import DatasetFormatError, header_columns, read_delimited
-from datamodules.table import SampleTable
+from facebench.datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
+from facebench.core.tasks import MISSING, TaskSpec
+from facebench.datamodules.formats import DatasetFormatError, header_columns, read_delimited
+from facebench.datamodules.table import SampleTable
 
 LFWA_ATTRIBUTES: tuple[str, ...] = CELEBA_ATTRIBUTES
 LFW_FILE = re.compile(r"^(?P<name>.+)_(?P<number>\d{4})\.jpg$")

@@ -14,7 +14,7 @@ Suite configuration::
         epoch_size: null          # training images per epoch (default: the members' training images)
         batch_size: 64
 
-* **Members** are ordinary datamodules built with :func:`~datamodules.base.create_datamodule`
+* **Members** are ordinary datamodules built with :func:`~facebench.datamodules.base.create_datamodule`
   from ``{datamodule, args, rename}``; their own ``Dataset`` reads every image. Options of the
   mixture that every datamodule takes (``seed``, ``max_samples``, ``transforms``,
   ``train_transforms``, ``image_cache``, ``cache_dir``, ...) are passed to each member whose
@@ -26,10 +26,10 @@ Suite configuration::
   ``rename`` gives a member's targets other names (e.g. to keep SynthFaces' ``Young`` apart from
   CelebA's). With distinct names every target belongs to one member, so the per-target metrics
   of the combined test split are the per-dataset metrics.
-* **Partial labels**: a sample carries ``-1`` (:data:`~datamodules.core.tasks.MISSING`) in every
+* **Partial labels**: a sample carries ``-1`` (:data:`~facebench.core.tasks.MISSING`) in every
   label column its member lacks (losses and metrics skip it); rater votes and soft labels stay
   with their own target (zeros elsewhere: fewer than two votes count as no rating). Caveat: a
-  method's ``soft_targets`` loss (:func:`~lightning_modules.losses.target_losses`) averages over the
+  method's ``soft_targets`` loss (:func:`~facebench.lightning_modules.losses.target_losses`) averages over the
   whole batch, so the other members' zero rows shrink a soft-labelled target's loss by its share of
   the batch; hard labels (``-1`` skipped) are averaged over the rows that carry them.
 * **Images**: :meth:`MixtureDataModule.configure_input` passes the network input to every member,
@@ -40,9 +40,9 @@ Suite configuration::
   member ``m`` getting its share ``w_m`` (largest remainders); within a member the images come
   from a stream of seeded permutations continued across epochs (every image once before any
   twice). The order depends on (seed, epoch) only and is sharded over DDP ranks by
-  :class:`~datamodules.sampling.EpochShardSampler`'s own ``__iter__``.
+  :class:`~facebench.datamodules.sampling.EpochShardSampler`'s own ``__iter__``.
 * **Evaluation and tracing**: validation / test are the members' splits concatenated (the
-  member order). The combined :class:`~datamodules.table.SampleTable` names each row
+  member order). The combined :class:`~facebench.datamodules.table.SampleTable` names each row
   ``<member>:<member path>`` (the records' ``ids``) and holds ``extra["member"]`` and
   ``extra["member_index"]`` (the row in the member's table); samples carry ``"member"`` (the
   member's position). Identities are offset per member so that two members never share one.
@@ -60,14 +60,14 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules.base import SPLITS, FaceDataModule, create_datamodule, get_datamodule_class, register_datamodule
-from datamodules.core.config import check_options, constructor_options
-from datamodules.core.tasks import MISSING, Target, TaskSpec
-from datamodules.dataset import FaceDataset
-from datamodules import sampling as epoch_sampling
-from datamodules.sampling import EpochShardSampler
-from datamodules.table import SampleTable
-from datamodules.transforms import FaceTransform
+from facebench.datamodules.base import SPLITS, FaceDataModule, create_datamodule, get_datamodule_class, register_datamodule
+from facebench.core.config import check_options, constructor_options
+from facebench.core.tasks import MISSING, Target, TaskSpec
+from facebench.datamodules.dataset import FaceDataset
+from facebench.datamodules import sampling as epoch_sampling
+from facebench.datamodules.sampling import EpochShardSampler
+from facebench.datamodules.table import SampleTable
+from facebench.datamodules.transforms import FaceTransform
 
 MEMBER_KEYS = frozenset({"datamodule", "args", "rename"})
 SAMPLING_MODES = ("balanced", "proportional")
@@ -508,7 +508,7 @@ class MixtureDataModule(FaceDataModule):
     def describe(self, check_files: bool = True) -> dict[str, Any]:
         """``facebench inspect``: the combined splits (per-member counts under ``split``), the
         members' duplicate groups named ``<member>:<split>:<path>`` and each member's own description."""
-        from datamodules import describe as describe_module
+        from facebench.datamodules import describe as describe_module
 
         out = describe_module.describe(self, check_files=False)
         ids = {s: set(np.unique(t.identities).tolist()) - {-1} for s, t in self.tables.items() if t.identities is not None}

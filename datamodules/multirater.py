@@ -42,10 +42,10 @@ from typing import Any
 
 import numpy as np
 
-from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
-from datamodules.formats import DatasetFormatError, check_label_spellings, fold_label, header_columns, open_csv
-from datamodules.table import SampleTable
-from datamodules.core.tasks import MISSING, Target, TaskSpec
+from facebench.datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
+from facebench.datamodules.formats import DatasetFormatError, check_label_spellings, fold_label, header_columns, open_csv
+from facebench.datamodules.table import SampleTable
+from facebench.core.tasks import MISSING, Target, TaskSpec
 
 FAD_OBJECTIVE_TRAITS: tuple[str, ...] = ("gender", "ethnicity", "age", "makeup", "hair_color")
 LONG_COLUMNS = ("image", "rater", "trait", "label")

@@ -21,7 +21,7 @@ Datamodule argument (YAML)::
   image) as MCNN does before its random 227x227 crops (MCNN sec. "Implementation Details"; the crop
   itself is ``transforms: {resize_to: 256, image_size: 227}`` + ``train_transforms: {random_crop: true}``).
 
-The other preprocessing of the papers is already :class:`~datamodules.transforms.TransformConfig`:
+The other preprocessing of the papers is already :class:`~facebench.datamodules.transforms.TransformConfig`:
 48x48 grayscale (``image_size: 48, channels: 1``), LACNN's rotations by {-40,-20,20,40} degrees
 (``rotation_choices``), MCNN's 10-pixel jitter on LFWA (``jitter: 10``).
 
@@ -45,7 +45,7 @@ import cv2
 import numpy as np
 import torch
 
-from datamodules.core.config import config_from_value
+from facebench.core.config import config_from_value
 
 #: Eye-contour indices of the iBUG 68-point scheme (image-left eye first when the face is upright).
 EYE_68 = (tuple(range(36, 42)), tuple(range(42, 48)))
@@ -363,7 +363,7 @@ def table_keys(table: Any, root: Path) -> list[str]:
 
 
 def table_image(table: Any, keys: list[str], i: int) -> np.ndarray:
-    from datamodules.image_files import load_image
+    from facebench.datamodules.image_files import load_image
 
     return table.arrays[i] if table.arrays is not None else load_image(keys[i])
 
@@ -373,7 +373,7 @@ def compute_alignment(dm: Any) -> None:
     :class:`PreprocessConfig` (face detection and eye positions are cached per image)."""
     from PIL import Image
 
-    from datamodules.formats import DatasetFormatError
+    from facebench.datamodules.formats import DatasetFormatError
 
     cfg: PreprocessConfig = dm.preprocess_cfg
     root = (dm.root or Path(".")).absolute()

@@ -15,7 +15,7 @@ folders, LFWA's split file). Everything else is split here, from the datamodule 
 * ``override_official``: re-split the union of the official splits with ``fractions``;
 * ``by_duplicates`` (default on): every group of duplicate images (the same bytes under several
   names, or near-duplicates with the datamodule's ``near_duplicates``, see
-  :mod:`datamodules.duplicates`) goes to one split, like an identity: whole connected components of
+  :mod:`facebench.datamodules.duplicates`) goes to one split, like an identity: whole connected components of
   "same identity or duplicate image" are assigned. A dataset without duplicates is split exactly as
   without this option.
 
@@ -30,7 +30,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from datamodules.core.config import config_from_value
+from facebench.core.config import config_from_value
 
 SPLIT_NAMES: tuple[str, str, str] = ("train", "val", "test")
 #: Stream id mixed into every split seed, so that splits never share random numbers with sampling.

@@ -38,11 +38,11 @@ from typing import Sequence
 
 import numpy as np
 
-from datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
-from datamodules.core.tasks import Target, TaskSpec
-from datamodules.core.tasks import age_bins as age_bin_names
-from datamodules.formats import DatasetFormatError, age_bin
-from datamodules.table import SampleTable
+from facebench.datamodules.base import UNSPLIT, FaceDataModule, register_datamodule
+from facebench.core.tasks import Target, TaskSpec
+from facebench.core.tasks import age_bins as age_bin_names
+from facebench.datamodules.formats import DatasetFormatError, age_bin
+from facebench.datamodules.table import SampleTable
 
 UTK_RACES: tuple[str, ...] = ("white", "black", "asian", "indian", "others")
 UTK_GENDERS: tuple[str, ...] = ("male", "female")

@@ -3,7 +3,7 @@ random scale and position, with its face box in canvas pixels, so that face-loca
 (LNets+ANet, Liu et al. ICCV 2015, sec. 3.1) can run on any aligned dataset as on SynthFaces'
 own wild canvases.
 
-Datamodule argument (any :class:`~datamodules.base.FaceDataModule`; ``true`` or ``{}`` for the
+Datamodule argument (any :class:`~facebench.datamodules.base.FaceDataModule`; ``true`` or ``{}`` for the
 defaults, ``null`` / ``false`` for off)::
 
     wild: {canvas: 160, face_fraction: [0.15, 0.6], context: [0.5, 1.0], face_box: auto, seed: 0}
@@ -25,7 +25,7 @@ defaults, ``null`` / ``false`` for off)::
   so an image gets the same canvas in every split, subset and machine.
 
 The background is the SynthFaces clutter canvas that LNets' clutter negatives use too
-(:func:`datamodules.synthfaces.clutter_canvas`: a flat colour,
+(:func:`facebench.datamodules.synthfaces.clutter_canvas`: a flat colour,
 as many shapes per area as SynthFaces' canvases, 2x supersampled, Gaussian blur, sensor noise);
 the photo is pasted over it unchanged apart from the resize (``cv2.INTER_AREA`` shrinking,
 ``INTER_LINEAR`` enlarging), so the face region of a canvas is exactly the resized source.
@@ -44,7 +44,7 @@ Cache: ``<cache_dir>/wild/<dataset>-<hash of the settings>/<stem>-<hash>.png`` (
 the file hash over (version, relative path, file size, mtime, face box); each file is written
 atomically, so concurrent runs can build the same folder; the placement of the face is recomputed
 from the seed (cheap), only the pixels are cached. Because the image cache
-(:mod:`datamodules.cache`) keys on the paths and file stamps, any change of the settings or of a
+(:mod:`facebench.datamodules.cache`) keys on the paths and file stamps, any change of the settings or of a
 source file gives it a new key too. Stale canvases are never deleted (remove the folder).
 
 Limitation: the pasted photo is a rectangle with a visible edge on the clutter, a cue real
@@ -67,9 +67,9 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from datamodules.core.config import config_from_value
-from datamodules.core.io import atomic_write
-from datamodules.table import SOURCE_PATH
+from facebench.core.config import config_from_value
+from facebench.core.io import atomic_write
+from facebench.datamodules.table import SOURCE_PATH
 
 #: Bump when the pixels or the placement of a canvas change for the same settings.
 WILD_VERSION = 1
@@ -187,7 +187,7 @@ def place(image_size: tuple[int, int], face_box: Sequence[float], cfg: WildConfi
 
 def clutter_background(side: int, channels: int, seed: int, key: int) -> np.ndarray:
     """``uint8 [side, side, channels]`` SynthFaces clutter (see the module docstring), from (seed, key)."""
-    from datamodules.synthfaces import clutter_canvas
+    from facebench.datamodules.synthfaces import clutter_canvas
 
     out = clutter_canvas(side, np.random.default_rng([int(seed), _STREAM_CLUTTER, int(key)]))
     return cv2.cvtColor(out, cv2.COLOR_RGB2GRAY)[:, :, None] if channels == 1 else out
@@ -274,7 +274,7 @@ def aligned_source(dm: Any) -> Iterator[None]:
 
 
 def wild_folder(cache_dir: str | os.PathLike | None, dataset: str, cfg: WildConfig) -> Path:
-    from datamodules.preprocess import default_cache_dir
+    from facebench.datamodules.preprocess import default_cache_dir
 
     base = Path(cache_dir).expanduser() if cache_dir else default_cache_dir()
     return base / "wild" / f"{dataset or 'dataset'}-{cfg.key()}"
@@ -296,7 +296,7 @@ def apply_wild(dm: Any) -> None:
     """Replace every table of ``dm`` by its composited canvases (when :func:`wild_wanted`); counts in ``report["wild"]``."""
     if not wild_wanted(dm):
         return
-    from datamodules.image_files import load_image
+    from facebench.datamodules.image_files import load_image
 
     cfg: WildConfig = dm.wild_cfg
     root = (dm.root or Path(".")).absolute()

@@ -2,11 +2,11 @@
 
 A method subclasses :class:`FaceAttributeTask` and fills three hooks (torchgeo style):
 ``configure_models`` (layers), ``configure_losses`` (default: the task's sigmoid / softmax
-cross-entropy per target, :func:`~lightning_modules.losses.target_losses`) and, rarely,
+cross-entropy per target, :func:`~facebench.lightning_modules.losses.target_losses`) and, rarely,
 ``configure_metrics``. Per-target losses are combined by ``combine_losses`` (equal weights; a sum
 for methods made of independent networks, which also select each network's own best epoch:
-:mod:`lightning_modules.selection`), or, when a suite sets ``mtl``, by a multi-task weighting
-(:mod:`lightning_modules.weighting`; gradient methods read the ``shared_parameters`` hook).
+:mod:`facebench.lightning_modules.selection`), or, when a suite sets ``mtl``, by a multi-task weighting
+(:mod:`facebench.lightning_modules.weighting`; gradient methods read the ``shared_parameters`` hook).
 Training, validation, the gathering of test predictions under DDP, optimisers and schedulers from
 config, parameter and FLOP counts are here.
 """
@@ -22,13 +22,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from datamodules.core.config import check_options, constructor_options
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.losses import TargetLossMean, target_losses
-from lightning_modules.metrics import COLUMNS, TaskMetrics, summarize
-from lightning_modules.selection import NetworkSelection
-from lightning_modules.weighting.base import StepContext
-from lightning_modules.weighting.objective import MultiTaskObjective, build_multitask, default_task_groups
+from facebench.core.config import check_options, constructor_options
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.losses import TargetLossMean, target_losses
+from facebench.lightning_modules.metrics import COLUMNS, TaskMetrics, summarize
+from facebench.lightning_modules.selection import NetworkSelection
+from facebench.lightning_modules.weighting.base import StepContext
+from facebench.lightning_modules.weighting.objective import MultiTaskObjective, build_multitask, default_task_groups
 
 
 class NonFiniteLossError(RuntimeError):
@@ -67,7 +67,7 @@ class FaceAttributeTask(L.LightningModule):
             its keyword arguments, e.g. ``{mode: max-autotune}``); off by default (each run then
             spends a minute compiling, which pays off on GPU runs of more than a few epochs).
         mtl: multi-task weighting of the training loss, ``{weighting: NAME, tasks: targets | groups |
-            {task: [target, ...]}, **options}`` (:mod:`lightning_modules.weighting.objective`); ``None``
+            {task: [target, ...]}, **options}`` (:mod:`facebench.lightning_modules.weighting.objective`); ``None``
             (default): the mean of the target losses, nothing else is built or logged. Validation
             always reports the unweighted ``val/loss``.
     """
@@ -169,7 +169,7 @@ class FaceAttributeTask(L.LightningModule):
     def independent_networks(self) -> list[tuple[nn.Module, list[int]]]:
         """Separately trained networks held in this module and the target indices each predicts
         (e.g. one network per target); empty for one network (the default). Each such network is
-        selected on its own validation score (:mod:`lightning_modules.selection`)."""
+        selected on its own validation score (:mod:`facebench.lightning_modules.selection`)."""
         return []
 
     def shared_parameters(self) -> list[nn.Parameter]:

@@ -7,9 +7,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.closed_form import ClosedFormTask
-from lightning_modules.registry import register_method
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.closed_form import ClosedFormTask
+from facebench.lightning_modules.registry import register_method
 
 
 @register_method("majority")

@@ -17,7 +17,7 @@ Here:
   threshold selection on cosine similarities of the 320-d descriptors).
 
 The analyses of the paper (``branch-selection``, the Fig. 3 grid; ``face-verification`` with LFW
-``pairs.txt``; ``operating-point``, sec. 4.7) are in :mod:`benchmarks.analyses.branching`.
+``pairs.txt``; ``operating-point``, sec. 4.7) are in :mod:`facebench.benchmarks.analyses.branching`.
 
 **The base network (Fig. 2, sec. 3.1).** The figure is not in the text; this is our reading of
 the text, with the choices it leaves open marked *(choice)*:
@@ -76,9 +76,9 @@ import torch
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
-from datamodules.core.tasks import TARGET_KINDS, TaskSpec
-from lightning_modules.base import FaceAttributeTask, _gather
-from lightning_modules.registry import register_method
+from facebench.core.tasks import TARGET_KINDS, TaskSpec
+from facebench.lightning_modules.base import FaceAttributeTask, _gather
+from facebench.lightning_modules.registry import register_method
 
 #: (output width, modules, stride of the first module) per stage (b)-(f); see the module docstring.
 DEFAULT_STAGES: tuple[tuple[int, int, int], ...] = ((64, 1, 1), (128, 1, 2), (256, 1, 2), (256, 6, 1), (512, 1, 2),
@@ -333,10 +333,10 @@ def verification_accuracy(features: np.ndarray | torch.Tensor, pairs: Verificati
     """Cosine similarity of each pair; per fold, the threshold with the best accuracy on the other
     folds is applied to the fold (sec. 4.2: "select the threshold that provides the best
     verification on 9 splits, then evaluate it on the remaining one"). The threshold search is
-    :func:`~lightning_modules.metrics.tune_thresholds` (criterion accuracy: the midpoint between
+    :func:`~facebench.lightning_modules.metrics.tune_thresholds` (criterion accuracy: the midpoint between
     the best ROC vertex and the next lower similarity). Returns the mean and the sample standard
     deviation over folds."""
-    from lightning_modules.metrics import tune_thresholds
+    from facebench.lightning_modules.metrics import tune_thresholds
 
     feats = torch.nn.functional.normalize(torch.as_tensor(np.asarray(features), dtype=torch.float64), dim=1).numpy()
     sim = np.einsum("ij,ij->i", feats[pairs.a], feats[pairs.b])

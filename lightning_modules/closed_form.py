@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar
 
-from lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.base import FaceAttributeTask
 
 
 class ClosedFormTask(FaceAttributeTask):

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.registry import get_method_class, method_names
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.registry import get_method_class, method_names
 
 #: The reference task for parameter / FLOP figures: 40 binary attributes (CelebA).
 REFERENCE_TASK = TaskSpec.binary_attributes([f"attr{i}" for i in range(40)], name="40 binary attributes")

@@ -21,20 +21,20 @@ package, with the 5-point ``shape_predictor`` it expects.
 **Original images, not tensors.** The descriptor needs the original pixels, not the resized and
 normalised network input. Every batch carries ``index``; the probe asks the trainer for the
 dataset of the loader being run (``trainer.train_dataloader`` / ``val_dataloaders`` /
-``test_dataloaders``: a :class:`~datamodules.base.FaceDataset` with its ``table`` and ``root``),
+``test_dataloaders``: a :class:`~facebench.datamodules.base.FaceDataset` with its ``table`` and ``root``),
 embeds that whole table once (``FaceDataset.read``: the original file, or the in-memory array of
 datasets stored as pixels) and then indexes it. No file list enters the hyper-parameters and
 nothing depends on the transform.
 
 **Cache.** Descriptors are cached per image on disk with
-:class:`~datamodules.preprocess.FileCache` (SQLite; keyed by absolute path and content SHA-1, so an
+:class:`~facebench.datamodules.preprocess.FileCache` (SQLite; keyed by absolute path and content SHA-1, so an
 edited image is recomputed; in-memory images by content), in a namespace naming the model files'
 SHA-1 and every option; under ``cache_dir`` (default ``$FACEBENCH_CACHE/dlib_embeddings`` or
 ``~/.cache/facebench/dlib_embeddings``).
 
 **Probe.** ``sklearn.linear_model.LogisticRegression`` on standardised descriptors, fitted on the
 training split at the end of the (single) training epoch (a
-:class:`~lightning_modules.closed_form.ClosedFormTask`): one binary model per binary target and
+:class:`~facebench.lightning_modules.closed_form.ClosedFormTask`): one binary model per binary target and
 per class of a multi-label target, one multinomial model per multi-class / ordinal target. The
 standardisation is folded into the coefficients, stored as buffers ``weight [n_logits, 128]`` and
 ``bias [n_logits]``; logits are ``descriptor @ weight.T + bias``. A column whose training labels
@@ -54,11 +54,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from datamodules.landmarks import dlib_model_path
-from datamodules.preprocess import FileCache, default_cache_dir, sha1_file, table_keys
-from datamodules.core.tasks import TARGET_KINDS
-from lightning_modules.closed_form import ClosedFormTask
-from lightning_modules.registry import register_method
+from facebench.datamodules.landmarks import dlib_model_path
+from facebench.datamodules.preprocess import FileCache, default_cache_dir, sha1_file, table_keys
+from facebench.core.tasks import TARGET_KINDS
+from facebench.lightning_modules.closed_form import ClosedFormTask
+from facebench.lightning_modules.registry import register_method
 
 DESCRIPTOR_MODEL = "dlib_face_recognition_resnet_model_v1.dat"
 SHAPE_MODEL = "shape_predictor_5_face_landmarks.dat"
@@ -125,8 +125,8 @@ def face_descriptor(image: np.ndarray, cfg: DescriptorConfig = DescriptorConfig(
 
 
 def _descriptor_job(job: tuple[Any, DescriptorConfig]) -> tuple[np.ndarray, bool] | None:
-    from datamodules.formats import DatasetFormatError
-    from datamodules.image_files import load_image
+    from facebench.datamodules.formats import DatasetFormatError
+    from facebench.datamodules.image_files import load_image
 
     source, cfg = job
     try:
@@ -138,7 +138,7 @@ def _descriptor_job(job: tuple[Any, DescriptorConfig]) -> tuple[np.ndarray, bool
 
 def embed_table(table: Any, root: str | Path, cfg: DescriptorConfig = DescriptorConfig(),
                 cache_dir: str | os.PathLike | None = None, workers: int = 1) -> tuple[np.ndarray, dict[str, int]]:
-    """Descriptors ``float32 [N, 128]`` of a :class:`~datamodules.base.SampleTable`'s images (NaN
+    """Descriptors ``float32 [N, 128]`` of a :class:`~facebench.datamodules.base.SampleTable`'s images (NaN
     rows for unreadable images), cached per image; ``workers`` processes for the missing ones.
     Returns the descriptors and counts: ``images``, ``cached``, ``computed``, ``faces_not_found``,
     ``unreadable``."""

@@ -31,7 +31,7 @@ What the paper does, and where it is here:
   without an official split; it comes from the shared ``datamodules/splits.py``, not from here.
 * **Figure 5** (first-layer responses): ``facebench analyze lacnn-first-layer``;
   ``facebench analyze lacnn-compare`` prints, per trait, the baseline's and LACNN's accuracy and
-  which won (Table 3). Both are in :mod:`benchmarks.analyses.lacnn`; the networks expose what
+  which won (Table 3). Both are in :mod:`facebench.benchmarks.analyses.lacnn`; the networks expose what
   they read (:meth:`CaffeAlexNet.conv1_responses`, :meth:`LACNNBaseline.network_for`).
 
 Choices the paper leaves open (it defers to Krizhevsky et al. 2012 and Caffe) are documented where
@@ -57,9 +57,9 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.registry import register_method
+from facebench.core.tasks import Target, TaskSpec
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.registry import register_method
 
 #: Caffe ``bvlc_alexnet`` local response normalisation (across 5 channels; Caffe's k = 1).
 CAFFE_LRN: dict[str, float] = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 1.0}
@@ -207,7 +207,7 @@ class LACNNBaseline(FaceAttributeTask):
     loss is the *sum* of the per-trait losses, so every network gets exactly the gradient it would
     get trained alone (a mean would divide each network's learning rate by ``T``), and every
     network keeps the weights of its own best validation epoch (its own trait's ``val`` loss:
-    :mod:`lightning_modules.selection`), as separately trained networks would.
+    :mod:`facebench.lightning_modules.selection`), as separately trained networks would.
 
     Joint mode (``joint: true``): one AlexNet whose L8 has ``task.n_logits`` outputs, trained with
     the task's loss (sigmoid cross-entropy over binary traits = eq. 3).

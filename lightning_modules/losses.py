@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from torchmetrics import Metric
 
-from datamodules.core.tasks import MISSING, TaskSpec
+from facebench.core.tasks import MISSING, TaskSpec
 
 
 def target_losses(task: TaskSpec, logits: torch.Tensor, labels: torch.Tensor,

@@ -11,7 +11,7 @@ Classification" (AAAI 2017).
 * ``mcnn_aux`` (section "MCNN-AUX", Figure 2): the trained MCNN, frozen, with one fully connected
   layer from all attribute scores to all final scores trained on top (a second stage:
   ``init_from: <mcnn key>`` in a suite). Figure 3, its weights as a heatmap, is
-  ``facebench analyze mcnn-aux-heatmap`` (:mod:`benchmarks.analyses.mcnn`).
+  ``facebench analyze mcnn-aux-heatmap`` (:mod:`facebench.benchmarks.analyses.mcnn`).
 * ``independent_cnns`` (sections "Multi-Task CNN" and "Experiments / Independent CNNs"): one path
   of MCNN (3 conv + 3 FC layers, ~1.6M parameters at 227x227) per attribute, all paths held and
   trained in one module with grouped convolutions and batched matrix products.
@@ -59,10 +59,10 @@ from typing import Any, ClassVar, Sequence
 import torch
 from torch import nn
 
-from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.registry import register_method
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.registry import register_method
 
 #: Table 1 of the paper: attribute groups over CelebA's attribute names (``list_attr_celeba.txt``).
 CELEBA_GROUPS: dict[str, list[str]] = {
@@ -352,7 +352,7 @@ class MCNNFamily(FaceAttributeTask):
 def training_mean(dm: Any, max_images: int = 1000) -> list[float]:
     """Per-channel mean in [0, 1] of up to ``max_images`` evenly spaced training images, framed as
     the datamodule frames them for evaluation (the paper subtracts "the training mean")."""
-    from datamodules.preprocess import pixel_statistics
+    from facebench.datamodules.preprocess import pixel_statistics
 
     ds = dm.dataset("train", train=False)
     if len(ds) == 0:

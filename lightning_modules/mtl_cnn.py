@@ -16,7 +16,7 @@ epoch with the best mean validation F1.
   separate network of the same shape per task group (MCNN's nine attribute groups of Table 1 by
   default, or ``groups``), each with the heads of its group only, trained as separate networks
   (sum of the group losses, one gradient scale each) and each selected on its own validation score
-  (:mod:`lightning_modules.selection`).
+  (:mod:`facebench.lightning_modules.selection`).
 
 CPU scale: ``width`` multiplies every layer's width (1.0 is the protocol's; the ``mtl_celeba`` suite
 says what it uses). Checkpoint selection monitors ``val/mean_f1`` as the protocol does.
@@ -29,9 +29,9 @@ from typing import Any, Sequence
 import torch
 from torch import nn
 
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.mcnn import resolve_groups
-from lightning_modules.registry import register_method
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.mcnn import resolve_groups
+from facebench.lightning_modules.registry import register_method
 
 #: Widths of the seven convolutions and the two FC layers at ``width: 1``; a pool follows the
 #: convolutions whose index is in :data:`POOL_AFTER`.

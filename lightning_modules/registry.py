@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from datamodules.core.registry import Registry
+from facebench.core.registry import Registry
 
 if TYPE_CHECKING:
-    from datamodules.core.tasks import TaskSpec
-    from lightning_modules.base import FaceAttributeTask
+    from facebench.core.tasks import TaskSpec
+    from facebench.lightning_modules.base import FaceAttributeTask
 
 
 class IncompatibleTaskError(ValueError):
@@ -16,11 +16,11 @@ class IncompatibleTaskError(ValueError):
 
 
 def _load_all() -> None:
-    import lightning_modules.all  # noqa: F401  (imports every method module)
+    import facebench.lightning_modules.all  # noqa: F401  (imports every method module)
 
 
 METHODS: Registry[type["FaceAttributeTask"]] = Registry("method", loader=_load_all, name_attribute="method_name")
-#: Class decorator registering a :class:`~lightning_modules.base.FaceAttributeTask` by name.
+#: Class decorator registering a :class:`~facebench.lightning_modules.base.FaceAttributeTask` by name.
 register_method = METHODS.register
 method_names = METHODS.names
 get_method_class = METHODS.get

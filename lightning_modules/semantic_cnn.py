@@ -14,7 +14,7 @@ Registered names:
   and angle error.
 
 The paper's first-layer similarity analysis (Section 4.2.7, Figure 16) is
-``facebench analyze first-layer-similarity`` (:mod:`benchmarks.analyses.semantic_cnn`).
+``facebench analyze first-layer-similarity`` (:mod:`facebench.benchmarks.analyses.semantic_cnn`).
 
 Preprocessing (Section 3.3): face detection / alignment is the datamodule's job
 (``datamodules/preprocess.py``). Global contrast normalisation has two parts: the per-image part
@@ -38,9 +38,9 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 from torchmetrics import CosineSimilarity, MeanAbsoluteError
 
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.registry import register_method
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.registry import register_method
 
 ALL_TARGET_KINDS = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
 
@@ -286,7 +286,7 @@ class SemanticFeaturesCNN(FaceAttributeTask):
       instead of one joint network with all outputs. As if each were trained alone, the training
       loss is the *sum* of the per-target losses (each network gets its own loss's gradient at the
       full learning rate; a mean would train each at ``lr / T``) and each network keeps the weights
-      of its own best validation epoch (its own accuracy: :mod:`lightning_modules.selection`);
+      of its own best validation epoch (its own accuracy: :mod:`facebench.lightning_modules.selection`);
     * ``sigmoid_all_classes``: the joint network of Section 4.2.7: every class of every target is a
       non-exclusive label with a sigmoid output (binary cross-entropy averaged over all labels);
       probabilities of a multi-class slice are its sigmoids normalised to sum to 1; with

@@ -7,6 +7,6 @@ from typing import Any
 
 def synth_celeba_at(root: Path, split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1), **config: Any) -> Path:
     """Generate SynthFaces (``SynthFacesConfig(**config)``, one worker) and write it at ``root``."""
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+    from facebench.datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
     return write_celeba(generate(SynthFacesConfig(workers=1, **config)), root, split_fractions=split_fractions)

@@ -13,10 +13,10 @@ import torch
 from statsmodels.stats.inter_rater import aggregate_raters
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
-from benchmarks.analyses import run_analysis
-from benchmarks.analyses.rater_agreement import agreement_table
-from datamodules.core.agreement import add_rater, category_kappas, fleiss_kappa, loo_majority_agreement
-from lightning_modules.metrics import FleissKappa, RaterAgreement
+from facebench.benchmarks.analyses import run_analysis
+from facebench.benchmarks.analyses.rater_agreement import agreement_table
+from facebench.core.agreement import add_rater, category_kappas, fleiss_kappa, loo_majority_agreement
+from facebench.lightning_modules.metrics import FleissKappa, RaterAgreement
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FERPLUS = DATA / "ferplus"
@@ -167,7 +167,7 @@ def test_agreement_table_rows():
 def ferplus_dm():
     if not FERPLUS.is_dir():
         pytest.skip(f"real FER+ data not found at {FERPLUS}")
-    from datamodules.base import create_datamodule
+    from facebench.datamodules.base import create_datamodule
 
     dm = create_datamodule("ferplus", root=str(FERPLUS))
     dm.setup()
@@ -185,7 +185,7 @@ def test_ferplus_kappa_matches_statsmodels(ferplus_dm):
 @pytest.mark.realdata
 def test_ferplus_analysis_command(ferplus_dm, tmp_path, capsys, monkeypatch):
     """The analysis command writes the table the repository's results/ferplus_agreement.csv holds."""
-    monkeypatch.setattr("benchmarks.analyses.rater_agreement.create_datamodule", lambda name, **kw: ferplus_dm)
+    monkeypatch.setattr("facebench.benchmarks.analyses.rater_agreement.create_datamodule", lambda name, **kw: ferplus_dm)
     out = tmp_path / "agreement.csv"
     assert run_analysis("rater-agreement", ["--dataset", "ferplus", "--root", str(FERPLUS), "--out", str(out)]) == 0
     assert "Fleiss' kappa per class" in capsys.readouterr().out

@@ -12,13 +12,13 @@ import pytest
 import torch
 import yaml
 
-from datamodules.core.tasks import Target, TaskSpec
-from benchmarks.analyses import run_analysis
-from benchmarks.analyses.branching import (apply_operating_point, read_lfw_pairs, select_branches, select_operating_point,
+from facebench.core.tasks import Target, TaskSpec
+from facebench.benchmarks.analyses import run_analysis
+from facebench.benchmarks.analyses.branching import (apply_operating_point, read_lfw_pairs, select_branches, select_operating_point,
                                            sweep_records)
-from lightning_modules.branching import (AssembledBranchingNet, BranchingFineTuneTask, BranchingIdentityTask,
+from facebench.lightning_modules.branching import (AssembledBranchingNet, BranchingFineTuneTask, BranchingIdentityTask,
                                          FaceIdentityNetwork, VerificationPairs, generate_pairs, verification_accuracy)
-from lightning_modules.registry import create_method
+from facebench.lightning_modules.registry import create_method
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = 32   # input size of the CPU tests: the paper's layers, 1/49 of the pixels of 224x224
@@ -314,7 +314,7 @@ def test_branch_selection_picks_best_validation_depth(tmp_path):
 
 @pytest.mark.slow
 def test_suite_identity_then_branch_sweep_then_assembly(tmp_path):
-    from benchmarks.runner import run_suite
+    from facebench.benchmarks.runner import run_suite
     from synth import synth_celeba_at
 
     root = synth_celeba_at(tmp_path / "synth", n_identities=40, images_per_identity=2, image_size=40, seed=1)

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.formats import DatasetFormatError
-from datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
+from facebench.datamodules.formats import DatasetFormatError
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
 from tests.conftest import shared_data
 
 NAMES = ["Male", "Smiling", "Young"]
@@ -109,7 +109,7 @@ def test_real_celeba_subset_official_split():
 def test_inspect_prints_splits_prevalence_identities_and_duplicates(synth_celeba, tmp_path, capsys):
     import json
 
-    from benchmarks.cli import main
+    from facebench.benchmarks.cli import main
 
     root = tmp_path / "celeba"
     shutil.copytree(synth_celeba, root)

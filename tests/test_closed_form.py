@@ -10,8 +10,8 @@ import lightning as L
 import pytest
 import torch
 
-from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.closed_form import ClosedFormTask
+from facebench.core.tasks import Target, TaskSpec
+from facebench.lightning_modules.closed_form import ClosedFormTask
 
 TASK = TaskSpec((Target("a"), Target("b")), name="toy")
 

@@ -18,11 +18,11 @@ import yaml
 from PIL import Image
 from torch import nn
 
-from datamodules.base import create_datamodule
-from datamodules.duplicates import difference_hash, near_pairs
-from datamodules.formats import DatasetFormatError
-from datamodules.synthfaces import SynthFacesConfig, generate
-from datamodules.synthfaces.writers import FAD_TRAITS, WRITERS
+from facebench.datamodules.base import create_datamodule
+from facebench.datamodules.duplicates import difference_hash, near_pairs
+from facebench.datamodules.formats import DatasetFormatError
+from facebench.datamodules.synthfaces import SynthFacesConfig, generate
+from facebench.datamodules.synthfaces.writers import FAD_TRAITS, WRITERS
 
 N_ID, PER_ID = 10, 2
 REAL_CELEBA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "celeba_subset"
@@ -283,7 +283,7 @@ def test_official_split_counts_cross_split_duplicates_and_dedupe_drops_them(writ
     n_test = len(dm.tables["test"])
     info = dm.describe()
     assert len(info["cross_split_duplicates"]) == 1 and dm.data_checks()["cross_split_duplicates"] == 1
-    from datamodules.inspect import format_description
+    from facebench.datamodules.inspect import format_description
     assert "duplicate images across splits: 1 group(s)" in format_description(info)
     deduped = load("celeba", root, dedupe={"test": "drop"})
     assert len(deduped.tables["test"]) == n_test - 1 and len(deduped.tables["train"]) == len(dm.tables["train"])
@@ -391,8 +391,8 @@ def _suite(tmp_path: Path, root: Path, datamodule: str, method: dict, **args) ->
 
 @pytest.mark.slow
 def test_a_dotted_column_name_trains_end_to_end(written, tmp_path):
-    from benchmarks.runner import run_suite
-    from lightning_modules.metrics.target_keys import TargetModuleDict, module_key
+    from facebench.benchmarks.runner import run_suite
+    from facebench.lightning_modules.metrics.target_keys import TargetModuleDict, module_key
 
     root = _folder_csv(written, tmp_path, "path,user.id,gender,identity", ["u1,m,a", "u2,f,b", "u3,m,c", "u1,f,d"])
     method = {"method": "timm", "args": {"backbone": "test_resnet", "input_size": 32}}
@@ -411,7 +411,7 @@ def test_a_dotted_column_name_trains_end_to_end(written, tmp_path):
 
 @pytest.mark.slow
 def test_strict_refuses_cross_split_duplicates_and_data_errors_are_one_line(written, tmp_path, capsys):
-    from benchmarks.cli import main
+    from facebench.benchmarks.cli import main
 
     root = _celeba_with_cross_split_copy(written, tmp_path)
     suite = _suite(tmp_path, root, "celeba", {"method": "majority"}, attributes=["Male", "Smiling"])

@@ -8,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.base import create_datamodule
-from datamodules.formats import DatasetFormatError
-from datamodules.fer import FERPLUS_VOTE_COLUMNS, ferplus_distribution
-from datamodules.inspect import format_description
-from datamodules.synthfaces.writers import WRITERS, emotion_of, ferplus_votes, synth_ages, write_multirater
-from datamodules.synthfaces import SynthFacesConfig, generate
+from facebench.datamodules.base import create_datamodule
+from facebench.datamodules.formats import DatasetFormatError
+from facebench.datamodules.fer import FERPLUS_VOTE_COLUMNS, ferplus_distribution
+from facebench.datamodules.inspect import format_description
+from facebench.datamodules.synthfaces.writers import WRITERS, emotion_of, ferplus_votes, synth_ages, write_multirater
+from facebench.datamodules.synthfaces import SynthFacesConfig, generate
 
 N_ID, PER_ID = 12, 4
 
@@ -279,7 +279,7 @@ def test_bad_label_files_name_file_line_and_expectation(fmt, file, edit, match, 
     kwargs = {}
     if fmt == "multirater-declared":
         fmt = "multirater"
-        from datamodules.synthfaces.writers import FAD_TRAITS
+        from facebench.datamodules.synthfaces.writers import FAD_TRAITS
         kwargs["traits"] = {t: {"classes": list(c)} for t, (c, _) in FAD_TRAITS.items()}
         kwargs["traits"]["ethnicity"] = {"classes": ["other", "white"]}
     root = copy_of(written, fmt, tmp_path)
@@ -295,6 +295,6 @@ def test_ferplus_votes_follow_the_raters(synth):
     assert (votes.sum(1) == synth.rater_votes.shape[2]).all()
     top = votes[:, :8].argmax(1)
     truth = np.array([["anger", "disgust", "fear", "happiness", "sadness", "surprise", "neutral"][e] for e in emotion_of(synth)])
-    from datamodules.fer import FERPLUS_EMOTIONS
+    from facebench.datamodules.fer import FERPLUS_EMOTIONS
     agree = np.mean([FERPLUS_EMOTIONS[k] == t for k, t in zip(top, truth)])
     assert agree > 0.8

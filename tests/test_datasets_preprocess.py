@@ -9,14 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-import datamodules.landmarks as landmarks_mod
-from datamodules.base import create_datamodule
-from datamodules.preprocess import (FileCache, PreprocessConfig, alignment, detect_face_and_eyes,
+import facebench.datamodules.landmarks as landmarks_mod
+from facebench.datamodules.base import create_datamodule
+from facebench.datamodules.preprocess import (FileCache, PreprocessConfig, alignment, detect_face_and_eyes,
                                     eyes_from_landmarks, global_contrast_normalize)
-from datamodules.splits import assign_splits, strata_of
-from datamodules.synthfaces.writers import WRITERS
-from datamodules.synthfaces import SynthFacesConfig, generate
-from datamodules.transforms import FaceTransform, TransformConfig
+from facebench.datamodules.splits import assign_splits, strata_of
+from facebench.datamodules.synthfaces.writers import WRITERS
+from facebench.datamodules.synthfaces import SynthFacesConfig, generate
+from facebench.datamodules.transforms import FaceTransform, TransformConfig
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -118,7 +118,7 @@ def test_haar_detection_runs_cached_and_falls_back_to_the_whole_image(celeba_roo
     assert dm.report["preprocess"]["images"] == n
     assert all(np.isfinite(t.extra["align_box"]).all() for t in dm.tables.values())
     calls = []
-    import datamodules.preprocess as pp
+    import facebench.datamodules.preprocess as pp
     real = pp.detect_face_and_eyes
     monkeypatch.setattr(pp, "detect_face_and_eyes", lambda *a, **k: calls.append(1) or real(*a, **k))
     dm2 = dm_of("celeba", celeba_root, preprocess=cfg)
@@ -130,7 +130,7 @@ def test_haar_detection_runs_cached_and_falls_back_to_the_whole_image(celeba_roo
 @pytest.mark.realdata
 @pytest.mark.skipif(not (DATA / "celeba_subset").is_dir(), reason="needs ../shared/data/celeba_subset")
 def test_viola_jones_finds_real_faces_and_eyes():
-    from datamodules.image_files import load_image
+    from facebench.datamodules.image_files import load_image
 
     files = sorted((DATA / "celeba_subset" / "img_align_celeba").iterdir())[:20]
     found = [detect_face_and_eyes(load_image(f)) for f in files]

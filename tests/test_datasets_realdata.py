@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from datamodules.base import create_datamodule
+from facebench.datamodules.base import create_datamodule
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 FERPLUS, CELEBA = DATA / "ferplus", DATA / "celeba_subset"
@@ -37,7 +37,7 @@ def test_ferplus_real_counts_votes_and_kappa(cache):
 
 @pytest.mark.skipif(not FERPLUS.is_dir(), reason="needs ../shared/data/ferplus")
 def test_facebench_inspect_prints_ferplus_kappa_per_emotion(cache, capsys):
-    from benchmarks.cli import main
+    from facebench.benchmarks.cli import main
 
     rc = main(["inspect", "--dataset", "ferplus", "--root", str(FERPLUS), "--no-file-checks",
                "--set", f"cache_dir={cache}", "verify_images=none"])

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.table import SampleTable
-from datamodules.celeba import CelebADataModule
-from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.dlib_probe import DescriptorConfig, DlibEmbeddingProbe, embed_table, fit_linear_probe
-from lightning_modules.registry import create_method
+from facebench.datamodules.table import SampleTable
+from facebench.datamodules.celeba import CelebADataModule
+from facebench.core.tasks import Target, TaskSpec
+from facebench.lightning_modules.dlib_probe import DescriptorConfig, DlibEmbeddingProbe, embed_table, fit_linear_probe
+from facebench.lightning_modules.registry import create_method
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBA = DATA / "celeba_subset"
@@ -21,7 +21,7 @@ CELEBA = DATA / "celeba_subset"
 
 @pytest.fixture(scope="module")
 def synth_root(tmp_path_factory) -> Path:
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+    from facebench.datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
     data = generate(SynthFacesConfig(n_identities=6, images_per_identity=4, image_size=96, seed=2, workers=1))
     return write_celeba(data, tmp_path_factory.mktemp("synth") / "celeba")
@@ -51,7 +51,7 @@ def test_real_images_embed_and_the_cache_is_hit_the_second_time(tmp_path):
 
 
 def test_in_memory_images_are_cached_by_content(tmp_path, synth_root):
-    from datamodules.image_files import load_image
+    from facebench.datamodules.image_files import load_image
 
     images = np.stack([load_image(p) for p in sorted((synth_root / "img_align_celeba").iterdir())[:3]])
     table = SampleTable(paths=["a", "b", "c"], labels=np.zeros((3, 1), dtype=np.int64), arrays=images)

@@ -51,7 +51,7 @@ def synth_celeba_64(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_the_overrides_keep_every_gpu_setting_of_the_suite(synth_celeba_64, tmp_path):
     """What the slow test runs is the suite's GPU configuration, not a CPU variant of it."""
-    from benchmarks.suite import load_suite
+    from facebench.benchmarks.suite import load_suite
 
     suite = load_suite("celeba_h100", overrides={**CPU_OVERRIDES, "results_dir": str(tmp_path),
                                                  "datasets.celeba.args.root": str(synth_celeba_64)})
@@ -75,10 +75,10 @@ def test_celeba_h100_settings_train_and_evaluate_on_cpu(synth_celeba_64, tmp_pat
     import torch
     import torch._dynamo
 
-    import benchmarks.worker as worker
-    import datamodules.base as base
-    import lightning_modules.registry as registry
-    from benchmarks.runner import run_suite
+    import facebench.benchmarks.worker as worker
+    import facebench.datamodules.base as base
+    import facebench.lightning_modules.registry as registry
+    from facebench.benchmarks.runner import run_suite
 
     seen: dict[str, Any] = {}
     build, create_dm, create_method = worker.build_trainer, base.create_datamodule, registry.create_method

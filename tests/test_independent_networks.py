@@ -8,10 +8,10 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules.core.tasks import TaskSpec, Target
-from lightning_modules.lacnn import LACNNBaseline
-from lightning_modules.mcnn import IndependentCNNs
-from lightning_modules.semantic_cnn import SemanticFeaturesCNN
+from facebench.core.tasks import TaskSpec, Target
+from facebench.lightning_modules.lacnn import LACNNBaseline
+from facebench.lightning_modules.mcnn import IndependentCNNs
+from facebench.lightning_modules.semantic_cnn import SemanticFeaturesCNN
 
 TASK = TaskSpec((Target("Male"), Target("Smiling"), Target("emotion", "multiclass", classes=("a", "b", "c"))), name="t")
 TINY_SEMANTIC = {"conv_channels": [4, 4, 8], "fc_units": 16, "pixel_standardize": False}
@@ -103,7 +103,7 @@ def test_each_network_keeps_its_own_best_epoch(tmp_path):
 def test_soft_target_loss_averages_over_rows_with_a_distribution():
     """Rows whose soft label is all zero (no rater distribution: unknown, or a sample of another
     dataset in a mixture) are left out of the soft cross-entropy instead of diluting it."""
-    from lightning_modules.losses import target_losses
+    from facebench.lightning_modules.losses import target_losses
 
     task = TaskSpec((Target("emotion", "multiclass", classes=("a", "b", "c")),))
     logits = torch.tensor([[2.0, 0.0, -1.0], [0.0, 1.0, 0.0], [5.0, 5.0, 5.0]])

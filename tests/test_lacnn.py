@@ -12,12 +12,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.core.tasks import Target, TaskSpec
-from datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
-from benchmarks.analyses import run_analysis
-from benchmarks.analyses.lacnn import compare_traits
-from lightning_modules.lacnn import LACNN, CaffeAlexNet, LACNNBaseline, landmark_channel, nearest_landmark_index
-from lightning_modules.registry import create_method, get_method_class
+from facebench.core.tasks import Target, TaskSpec
+from facebench.datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
+from facebench.benchmarks.analyses import run_analysis
+from facebench.benchmarks.analyses.lacnn import compare_traits
+from facebench.lightning_modules.lacnn import LACNN, CaffeAlexNet, LACNNBaseline, landmark_channel, nearest_landmark_index
+from facebench.lightning_modules.registry import create_method, get_method_class
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 SMALL = {"input_size": 48, "fc_width": 64}   # tiny AlexNets for CPU tests (layers as in the paper)
@@ -282,7 +282,7 @@ def test_compare_traits_names_the_winner_per_trait():
 @pytest.mark.realdata
 @pytest.mark.skipif(not (DATA / "celeba_subset").is_dir(), reason="needs ../shared/data/celeba_subset")
 def test_real_celeba_subset_baseline_runs_and_lacnn_asks_for_landmarks():
-    from datamodules.celeba import CelebADataModule
+    from facebench.datamodules.celeba import CelebADataModule
 
     dm = CelebADataModule(DATA / "celeba_subset", batch_size=4, num_workers=0, attributes=["Male", "Smiling"],
                           max_samples=8)
@@ -300,7 +300,7 @@ def test_real_celeba_subset_baseline_runs_and_lacnn_asks_for_landmarks():
 def test_real_faces_with_dlib_68_landmarks(tmp_path: Path):
     """The paper's setting on real faces: 68 points from a landmark localiser (dlib here, TCDCN in the
     paper), warped with the image, become a 68-region channel."""
-    from datamodules.celeba import CelebADataModule
+    from facebench.datamodules.celeba import CelebADataModule
 
     dm = CelebADataModule(DATA / "celeba_subset", batch_size=4, num_workers=0, attributes=["Male", "Smiling"],
                           max_samples={"train": 4, "val": 1, "test": 1}, cache_dir=tmp_path,

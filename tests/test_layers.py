@@ -2,14 +2,17 @@
 inside functions, ``import x`` and ``from x import y``, relative imports resolved, and
 ``importlib.import_module("...")`` with a literal name) points downward only:
 
-    benchmarks -> lightning_modules -> datamodules -> datamodules.core
+    facebench.benchmarks -> facebench.lightning_modules -> facebench.datamodules -> facebench.core
 
-and no project ``.py`` file is longer than :data:`MAX_LINES` lines.
+The repository's folders ``benchmarks/``, ``lightning_modules/`` and ``datamodules/`` are installed as
+``facebench.<folder>`` (``pyproject.toml``'s ``package-dir``); the old top-level names are never
+imported. No project ``.py`` file is longer than :data:`MAX_LINES` lines.
 """
 
 from __future__ import annotations
 
 import ast
+import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -17,7 +20,10 @@ from typing import Callable
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("benchmarks", "lightning_modules", "datamodules")
+#: repository folder -> the dotted package it is installed as
+FOLDERS = {"benchmarks": "facebench.benchmarks", "lightning_modules": "facebench.lightning_modules",
+           "datamodules": "facebench.datamodules", "facebench": "facebench"}
+PACKAGES = ("benchmarks", "lightning_modules", "datamodules", "facebench")
 MAX_LINES = 700
 #: Files allowed over MAX_LINES, each with the reason (e.g. a data table that cannot be split).
 LONG_FILES_ALLOWED: dict[str, str] = {}
@@ -35,17 +41,30 @@ class Import:
 
 
 def module_name(path: Path) -> str:
-    """``datamodules/core/io.py`` -> ``datamodules.core.io``; a package's ``__init__.py`` -> the package."""
+    """``benchmarks/stats.py`` -> ``facebench.benchmarks.stats``, ``facebench/core/io.py`` ->
+    ``facebench.core.io``; a package's ``__init__.py`` -> the package."""
     parts = list(path.relative_to(REPO).with_suffix("").parts)
     if parts[-1] == "__init__":
         parts.pop()
+    if parts and parts[0] in FOLDERS:
+        parts = FOLDERS[parts[0]].split(".") + parts[1:]
     return ".".join(parts)
+
+
+def source_path(dotted: str) -> Path | None:
+    """The repository path of an installed dotted name (``facebench.benchmarks.x`` -> ``benchmarks/x``)."""
+    parts = dotted.split(".")
+    for folder, package in sorted(FOLDERS.items(), key=lambda kv: -len(kv[1])):
+        pkg = package.split(".")
+        if parts[:len(pkg)] == pkg:
+            return REPO.joinpath(folder, *parts[len(pkg):])
+    return None
 
 
 def is_project_module(dotted: str) -> bool:
     """Whether ``dotted`` names a module or package of this repository (a file or a folder)."""
-    base = REPO.joinpath(*dotted.split("."))
-    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+    base = source_path(dotted)
+    return base is not None and (base.with_suffix(".py").is_file() or (base / "__init__.py").is_file())
 
 
 def resolve_relative(path: Path, level: int, module: str | None) -> str:
@@ -107,40 +126,61 @@ def violations(files_under: str, forbidden: Callable[[str], bool]) -> list[str]:
 def test_the_import_reader_sees_every_form():
     """The reader finds top-level and nested imports, both statement forms, resolved relative
     imports and literal ``import_module`` calls, with their lines."""
-    fake = REPO / "datamodules" / "core" / "_layers_probe.py"      # read as if it lived there (never written)
-    text = ("import os\nfrom . import tasks\nfrom .io import write_json\nfrom .. import base\n"
-            "def f():\n    import lightning_modules.metrics as m\n    from benchmarks import runner\n"
-            "    import importlib\n    importlib.import_module('benchmarks.cli')\n")
+    fake = REPO / "facebench" / "core" / "_layers_probe.py"      # read as if it lived there (never written)
+    text = ("import os\nfrom . import tasks\nfrom .io import write_json\nfrom .. import core\n"
+            "def f():\n    import facebench.lightning_modules.metrics as m\n    from facebench.benchmarks import runner\n"
+            "    import importlib\n    importlib.import_module('facebench.benchmarks.cli')\n")
     found = {(i.line, i.module) for i in imports_of(fake, text)}
-    assert found == {(1, "os"), (2, "datamodules.core.tasks"), (3, "datamodules.core.io"), (4, "datamodules.base"),
-                     (6, "lightning_modules.metrics"), (7, "benchmarks.runner"), (8, "importlib"), (9, "benchmarks.cli")}
+    assert found == {(1, "os"), (2, "facebench.core.tasks"), (3, "facebench.core.io"), (4, "facebench.core"),
+                     (6, "facebench.lightning_modules.metrics"), (7, "facebench.benchmarks.runner"), (8, "importlib"),
+                     (9, "facebench.benchmarks.cli")}
     assert str(next(i for i in imports_of(fake, text) if i.line == 7)) == (
-        "datamodules/core/_layers_probe.py:7: from benchmarks import runner  (imports benchmarks.runner)")
+        "facebench/core/_layers_probe.py:7: from facebench.benchmarks import runner  (imports facebench.benchmarks.runner)")
 
 
 def test_every_package_is_read():
     for pkg in PACKAGES:
         assert (REPO / pkg / "__init__.py").is_file()
-    assert any(imp.module.startswith("datamodules") for imp in imports_of(REPO / "lightning_modules" / "base.py"))
+    assert any(imp.module.startswith("facebench.core") for imp in imports_of(REPO / "lightning_modules" / "base.py"))
 
 
-@pytest.mark.parametrize("package", ["lightning_modules", "datamodules"])
+def test_pyproject_installs_every_package_under_one_name():
+    """The wheel's package list names every folder with an ``__init__.py`` (as ``facebench.*``) and
+    nothing else, and maps the layer folders onto ``facebench``."""
+    setup = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {module_name(p) for folder in PACKAGES for p in (REPO / folder).rglob("__init__.py")
+               if "__pycache__" not in p.parts}
+    assert set(setup["packages"]) == on_disk
+    assert all(p == "facebench" or p.startswith("facebench.") for p in setup["packages"])
+    assert setup["package-dir"] == {v: k for k, v in FOLDERS.items()}
+
+
+def test_nothing_imports_the_folders_by_their_old_top_level_names():
+    """``import benchmarks`` would load a second copy of every module (two registries): only the
+    installed ``facebench.*`` names are used, in the code and in the tests."""
+    old = ("benchmarks", "lightning_modules", "datamodules")
+    bad = [str(imp) for pkg in (*PACKAGES, "tests") for path in project_files(pkg) for imp in imports_of(path)
+           if imp.module.split(".")[0] in old]
+    assert not bad, "import facebench.<folder>, not <folder>:\n" + "\n".join(bad)
+
+
+@pytest.mark.parametrize("package", ["lightning_modules", "datamodules", "facebench/core"])
 def test_methods_and_data_never_import_the_runner(package: str):
-    bad = violations(package, lambda m: within(m, "benchmarks"))
-    assert not bad, f"{package}/ must not import benchmarks (the runner layer):\n" + "\n".join(bad)
+    bad = violations(package, lambda m: within(m, "facebench.benchmarks"))
+    assert not bad, f"{package}/ must not import facebench.benchmarks (the runner layer):\n" + "\n".join(bad)
 
 
 def test_data_never_imports_the_methods():
-    bad = violations("datamodules", lambda m: within(m, "lightning_modules"))
-    assert not bad, "datamodules/ must not import lightning_modules (the methods layer):\n" + "\n".join(bad)
+    bad = violations("datamodules", lambda m: within(m, "facebench.lightning_modules"))
+    assert not bad, "datamodules/ must not import facebench.lightning_modules (the methods layer):\n" + "\n".join(bad)
 
 
 def test_core_imports_only_core():
     def outside_core(m: str) -> bool:
-        return m.split(".")[0] in PACKAGES and not within(m, "datamodules.core")
+        return within(m, "facebench") and not within(m, "facebench.core")
 
-    bad = violations("datamodules/core", outside_core)
-    assert not bad, "datamodules/core/ may import only datamodules.core of the project:\n" + "\n".join(bad)
+    bad = violations("facebench/core", outside_core)
+    assert not bad, "facebench/core/ may import only facebench.core of the project:\n" + "\n".join(bad)
 
 
 def test_no_file_is_too_long():

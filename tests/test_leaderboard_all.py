@@ -11,9 +11,9 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from benchmarks.leaderboard import build_cross_suite, write_cross_suite
-from benchmarks.tables import load_reported
-from datamodules.celeba import CELEBA_ATTRIBUTES
+from facebench.benchmarks.leaderboard import build_cross_suite, write_cross_suite
+from facebench.benchmarks.tables import load_reported
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
 
 
 def fake_suite(root, suite="celeba"):

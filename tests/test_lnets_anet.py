@@ -14,16 +14,16 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import lightning_modules.all  # noqa: F401  (registers the methods)
-from benchmarks.analyses import run_analysis
-from benchmarks.analyses.lnets_anet import attribute_groups
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, box_iou_xywh,
+import facebench.lightning_modules.all  # noqa: F401  (registers the methods)
+from facebench.benchmarks.analyses import run_analysis
+from facebench.benchmarks.analyses.lnets_anet import attribute_groups
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.lnets_anet import (ANet, ANetConfig, LNet, LNetConfig, LocalizationConfig, box_iou_xywh,
                                           calibrate_scale, crop_boxes, density_peaks, densest_region, identity_retrieval,
                                           load_pretrained_convs, localization_rows, region_box, region_moments_box,
                                           similarity_loss, split_identities)
-from lightning_modules.local_conv import LocallySharedConv2d, cell_index
-from lightning_modules.registry import create_method
+from facebench.lightning_modules.local_conv import LocallySharedConv2d, cell_index
+from facebench.lightning_modules.registry import create_method
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TASK = TaskSpec.binary_attributes([f"attr{i}" for i in range(6)], name="toy")
@@ -460,7 +460,7 @@ def test_attribute_grouping_analysis(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_cascade_end_to_end_through_the_runner(tmp_path: Path) -> None:
     """All five stages chained with init_from on tiny wild SynthFaces: records, boxes, the table."""
-    from benchmarks.runner import run_suite
+    from facebench.benchmarks.runner import run_suite
     from synth import synth_celeba_at
 
     root = synth_celeba_at(tmp_path / "synth", split_fractions=(0.5, 0.25, 0.25), n_identities=8, images_per_identity=5,
@@ -509,7 +509,7 @@ methods:
 @pytest.mark.realdata
 @pytest.mark.skipif(not (DATA / "celeba_subset").is_dir(), reason="needs ../shared/data/celeba_subset (real CelebA)")
 def test_real_celeba_identity_partition_and_step() -> None:
-    from datamodules.base import create_datamodule
+    from facebench.datamodules.base import create_datamodule
 
     dm = create_datamodule("celeba", root=str(DATA / "celeba_subset"), batch_size=16, num_workers=0, image_size=32)
     cls = type(create_method("anet_identity", dm.task, anet=TINY_ANET, train_identities=[1, 2]))

@@ -10,12 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
-from datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
-from datamodules.core.tasks import TaskSpec, Target
-from benchmarks.analyses import analysis_names, run_analysis
-from lightning_modules.mcnn import (CELEBA_GROUPS, MCNN, GroupingError, IndependentCNNs, MCNNAux, auto_conv1_stride,
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES, CelebADataModule, parse_attributes
+from facebench.core.tasks import TaskSpec, Target
+from facebench.benchmarks.analyses import analysis_names, run_analysis
+from facebench.lightning_modules.mcnn import (CELEBA_GROUPS, MCNN, GroupingError, IndependentCNNs, MCNNAux, auto_conv1_stride,
                                     resolve_groups)
-from lightning_modules.registry import create_method, method_names
+from facebench.lightning_modules.registry import create_method, method_names
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBA = TaskSpec.binary_attributes(CELEBA_ATTRIBUTES, name="celeba")

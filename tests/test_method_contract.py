@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import torch
 
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.registry import create_method, get_method_class, method_names
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.registry import create_method, get_method_class, method_names
 
 #: A few binary CelebA attributes (MCNN's groups know them: Gender, Mouth, Eyes).
 TASK = TaskSpec.binary_attributes(["Male", "Smiling", "Eyeglasses"], name="contract")

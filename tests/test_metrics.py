@@ -11,9 +11,9 @@ import torch
 from sklearn import metrics as skm
 from statsmodels.stats.inter_rater import fleiss_kappa as statsmodels_fleiss_kappa
 
-from datamodules.core.tasks import Target, TaskSpec, age_bins
-from datamodules.core.agreement import add_rater, loo_majority_agreement
-from lightning_modules.metrics import TaskMetrics, bin_centres, evaluate, summarize, tune_thresholds
+from facebench.core.tasks import Target, TaskSpec, age_bins
+from facebench.core.agreement import add_rater, loo_majority_agreement
+from facebench.lightning_modules.metrics import TaskMetrics, bin_centres, evaluate, summarize, tune_thresholds
 
 from gloo import run_on_gloo
 
@@ -237,7 +237,7 @@ def test_tune_thresholds_single_class_and_bad_criterion():
 
 
 def test_base_module_interface_and_summary(data):
-    """What lightning_modules.base uses: TaskMetrics(task, auroc=True), update, compute, compute_summary, reset."""
+    """What facebench.lightning_modules.base uses: TaskMetrics(task, auroc=True), update, compute, compute_summary, reset."""
     task, d, table = data
     m = TaskMetrics(task, auroc=True)
     m.update(torch.as_tensor(d["probs"]), torch.as_tensor(d["labels"]))
@@ -285,9 +285,9 @@ def test_records_carry_exact_ages_for_every_binned_target(tmp_path):
     ``age/<target>`` (extra[<target>], folder-style); metrics.csv gets mae_years for each target."""
     from types import SimpleNamespace
 
-    from benchmarks.records import load_predictions, write_records
-    from datamodules.table import SampleTable
-    from lightning_modules.registry import create_method
+    from facebench.benchmarks.records import load_predictions, write_records
+    from facebench.datamodules.table import SampleTable
+    from facebench.lightning_modules.registry import create_method
 
     coarse, fine = (0, 20, 40), (0, 10, 20, 30, 40)
     task = TaskSpec((Target("age_coarse", "ordinal", age_bins(coarse), bin_edges=coarse),

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from datamodules.base import create_datamodule
-from datamodules.core.tasks import MISSING
-from datamodules.mixture import MixtureConfigError, MixtureSampler, allocate
+from facebench.datamodules.base import create_datamodule
+from facebench.core.tasks import MISSING
+from facebench.datamodules.mixture import MixtureConfigError, MixtureSampler, allocate
 
 SYNTH_MEMBER = {"datamodule": "synthfaces", "args": {"n_identities": 12, "images_per_identity": 4, "render_size": 32,
                                                      "attributes": ["Young"]}}
@@ -24,7 +24,7 @@ SYNTH_MEMBER = {"datamodule": "synthfaces", "args": {"n_identities": 12, "images
 
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory) -> dict[str, Path]:
-    from datamodules.synthfaces import WRITERS, SynthFacesConfig, generate
+    from facebench.datamodules.synthfaces import WRITERS, SynthFacesConfig, generate
 
     data = generate(SynthFacesConfig(n_identities=24, images_per_identity=5, image_size=32, seed=3, workers=1))
     base = tmp_path_factory.mktemp("mixture")
@@ -97,8 +97,8 @@ def test_batches_have_one_input_and_votes_stay_with_their_target(dm):
 
 
 def test_losses_and_metrics_of_the_mixture_are_each_members_own(dm):
-    from lightning_modules.losses import target_losses
-    from lightning_modules.metrics import evaluate
+    from facebench.lightning_modules.losses import target_losses
+    from facebench.lightning_modules.metrics import evaluate
 
     tab, task = dm.tables["test"], dm.task
     g = torch.Generator().manual_seed(0)
@@ -189,7 +189,7 @@ def test_member_streams_cover_every_image_before_repeating():
 
 
 def test_ddp_ranks_get_disjoint_shards(monkeypatch):
-    import datamodules.sampling as sampling
+    import facebench.datamodules.sampling as sampling
 
     sampler = MixtureSampler([60, 40, 30], [1, 1, 1], 90, seed=2, encode_epoch=False)
     sampler.set_epoch(0)       # 30 draws per member: no member's stream wraps within this epoch
@@ -209,7 +209,7 @@ def test_ddp_ranks_get_disjoint_shards(monkeypatch):
 # inspect and end to end
 # ------------------------------------------------------------------------------------------------
 def test_describe_and_facebench_inspect_list_members(dm, roots, capsys):
-    from benchmarks.cli import main
+    from facebench.benchmarks.cli import main
 
     info = dm.describe()
     assert info["split"]["fer"] == {s: len(t) for s, t in dm.members["fer"].tables.items()}
@@ -223,7 +223,7 @@ def test_describe_and_facebench_inspect_list_members(dm, roots, capsys):
 
 @pytest.mark.slow
 def test_mcnn_and_timm_on_the_mixture_and_on_one_member_end_to_end(roots, tmp_path):
-    from benchmarks.runner import run_suite
+    from facebench.benchmarks.runner import run_suite
 
     common = {"batch_size": 16, "num_workers": 0}
     suite = {"name": "mix", "results_dir": str(tmp_path / "results"), "seeds": [0],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmarks.mixture_report import mixture_pairs, mixture_table, write_mixture
+from facebench.benchmarks.mixture_report import mixture_pairs, mixture_table, write_mixture
 
 DATASETS = {
     "faces": {"datamodule": "mixture", "args": {"members": {"celeba": {}, "ferplus": {}, "synth_age": {}}}},

@@ -13,15 +13,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from benchmarks.leaderboard import build_cross_suite, to_markdown
-from benchmarks.records import write_records
-from benchmarks.report import build_reports
-from benchmarks.suite import SuiteConfigError, load_suite
-from benchmarks.worker import set_status
-from datamodules.core.io import write_text
-from datamodules.core.tasks import TaskSpec
-from datamodules.table import SampleTable
-from lightning_modules.registry import create_method
+from facebench.benchmarks.leaderboard import build_cross_suite, to_markdown
+from facebench.benchmarks.records import write_records
+from facebench.benchmarks.report import build_reports
+from facebench.benchmarks.suite import SuiteConfigError, load_suite
+from facebench.benchmarks.worker import set_status
+from facebench.core.io import write_text
+from facebench.core.tasks import TaskSpec
+from facebench.datamodules.table import SampleTable
+from facebench.lightning_modules.registry import create_method
 
 ATTRS = ["Smiling", "Male", "Young", "Eyeglasses"]
 N = 240

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from benchmarks.multitask import delta_m, mean_rank, multitask_table
+from facebench.benchmarks.multitask import delta_m, mean_rank, multitask_table
 
 
 def board(rows):

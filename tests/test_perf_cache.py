@@ -14,13 +14,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-import datamodules.cache as cache_module
-from datamodules.batch_augment import BatchAugment, collate_stored
-from datamodules.celeba import CelebADataModule
-from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
-from datamodules.core.tasks import TaskSpec
-from datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
-from lightning_modules.base import FaceAttributeTask
+import facebench.datamodules.cache as cache_module
+from facebench.datamodules.batch_augment import BatchAugment, collate_stored
+from facebench.datamodules.celeba import CelebADataModule
+from facebench.datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+from facebench.core.tasks import TaskSpec
+from facebench.datamodules.transforms import FLIP_5, FaceTransform, TransformConfig
+from facebench.lightning_modules.base import FaceAttributeTask
 
 AUGMENT = {"hflip": 0.5, "rotation": 25, "random_crop": True, "scale": (0.9, 1.1), "color_jitter": 0.2}
 
@@ -109,7 +109,7 @@ def test_concurrent_builders_build_once(synth_root, tmp_path, monkeypatch):
     ``flock``): one builds, the other waits and opens the finished file."""
     import threading
 
-    from datamodules.cache import ImageCache, StoredGeometry
+    from facebench.datamodules.cache import ImageCache, StoredGeometry
 
     builds = []
     real = np.lib.format.open_memmap

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from benchmarks.suite import SuiteConfigError, load_suite, select
+from facebench.benchmarks.suite import SuiteConfigError, load_suite, select
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def facebench(*args: str, timeout: float = 600, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.cli", *args], cwd=REPO, capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "facebench.benchmarks.cli", *args], cwd=REPO, capture_output=True, text=True,
                           timeout=timeout, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     if check and proc.returncode != 0:
         raise AssertionError(f"facebench {' '.join(args)} exited {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
@@ -116,7 +116,7 @@ def test_rerun_skips_finished_runs_and_report_rebuilds(finished_suite):
 
 @pytest.mark.slow
 def test_wandb_offline_run_holds_the_logged_metrics(finished_suite):
-    from benchmarks.logging_setup import read_offline_wandb
+    from facebench.benchmarks.logging_setup import read_offline_wandb
 
     _, results, _ = finished_suite
     files = list((results / "runs" / "resnet--synth--s0" / "wandb").glob("offline-run-*/run-*.wandb"))
@@ -154,7 +154,7 @@ def test_resume_after_kill_gives_the_uninterrupted_results(tmp_path, synth_root)
 
     killed = write_suite(tmp_path / "killed.yaml", tmp_path / "killed", synth_root, methods, trainer=trainer)
     run_dir = tmp_path / "killed" / "runs" / "resnet--synth--s0"
-    proc = subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", str(killed)], cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "facebench.benchmarks.cli", "run", str(killed)], cwd=REPO,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     deadline = time.time() + 300
     while not (run_dir / "checkpoints" / "last.ckpt").exists():
@@ -179,7 +179,7 @@ def test_shards_are_disjoint_and_cover_the_suite(tmp_path, synth_root):
     assert set().union(*ids) == {r.run_id for r in suite.runs} and sum(map(len, ids)) == len(suite.runs)
     for p in parts:   # a stage and the stage it starts from are on the same shard
         assert all(r.depends_on is None or r.depends_on in {q.run_id for q in p} for r in p)
-    procs = [subprocess.Popen([sys.executable, "-m", "benchmarks.cli", "run", str(suite_path), "--shard", f"{i}/2"],
+    procs = [subprocess.Popen([sys.executable, "-m", "facebench.benchmarks.cli", "run", str(suite_path), "--shard", f"{i}/2"],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True) for i in (1, 2)]
     outs = [p.communicate(timeout=600)[0] for p in procs]
     assert all(p.returncode == 0 for p in procs)
@@ -284,7 +284,7 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_monitor_stops_improvin
     import torch
     from torch.utils.data import DataLoader
 
-    from benchmarks.worker import build_trainer
+    from facebench.benchmarks.worker import build_trainer
 
     class Worsening(L.LightningModule):
         def __init__(self):
@@ -317,7 +317,7 @@ def test_last_checkpoint_is_the_final_epoch_even_when_the_monitor_stops_improvin
 def test_force_with_only_reruns_the_named_runs_not_their_earlier_stages(monkeypatch, tmp_path):
     """`--only lnets_anet--celeba--s0 --force` re-runs that stage; the ANet stages it starts from
     come along (they must exist) but are not wiped and retrained."""
-    import benchmarks.runner as runner
+    import facebench.benchmarks.runner as runner
 
     calls = []
     monkeypatch.setattr(runner, "run_one", lambda suite, run, force=False, in_process=False:

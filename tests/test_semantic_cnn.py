@@ -13,11 +13,11 @@ import torch
 import torch.nn.functional as F
 import yaml
 
-from datamodules.core.tasks import TaskSpec, Target
-from benchmarks.analyses import run_analysis
-from benchmarks.analyses.semantic_cnn import filter_similarity, first_layer_filters
-from lightning_modules.registry import create_method
-from lightning_modules.semantic_cnn import (LocalContrastNorm, PCAShapeModel, PixelStandardize, SemanticCNN,
+from facebench.core.tasks import TaskSpec, Target
+from facebench.benchmarks.analyses import run_analysis
+from facebench.benchmarks.analyses.semantic_cnn import filter_similarity, first_layer_filters
+from facebench.lightning_modules.registry import create_method
+from facebench.lightning_modules.semantic_cnn import (LocalContrastNorm, PCAShapeModel, PixelStandardize, SemanticCNN,
                                             SemanticFeaturesCNN, SemanticShapeCNN, class_indicators, fit_shape_model,
                                             gaussian_window, shape_metrics)
 
@@ -396,8 +396,8 @@ def test_first_layer_similarity_analysis(tmp_path):
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.slow
 def test_runner_end_to_end_classifier_and_shape(tmp_path):
-    from benchmarks.runner import run_suite
-    from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+    from facebench.benchmarks.runner import run_suite
+    from facebench.datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
     root = write_celeba(generate(SynthFacesConfig(n_identities=12, images_per_identity=5, image_size=48, workers=1)),
                         tmp_path / "synth")
@@ -432,7 +432,7 @@ def test_runner_end_to_end_classifier_and_shape(tmp_path):
 @pytest.mark.realdata
 @pytest.mark.skipif(not CELEBA.is_dir(), reason=f"real CelebA subset not found at {CELEBA}")
 def test_real_celeba_batch_trains():
-    from datamodules.celeba import CelebADataModule
+    from facebench.datamodules.celeba import CelebADataModule
 
     dm = CelebADataModule(CELEBA, attributes=["Smiling", "Male", "Eyeglasses"], max_samples=32, batch_size=16,
                           num_workers=0, transforms={"per_image_standardize": True})

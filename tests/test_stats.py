@@ -7,7 +7,7 @@ from scipy import stats as sps
 from statsmodels.stats.contingency_tables import mcnemar as sm_mcnemar
 from statsmodels.stats.multitest import multipletests
 
-from benchmarks.stats import (RunPredictions, holm, mcnemar_test, paired_comparisons, rank_table,
+from facebench.benchmarks.stats import (RunPredictions, holm, mcnemar_test, paired_comparisons, rank_table,
                               seed_summary)
 
 

@@ -10,8 +10,8 @@ import pandas as pd
 import pytest
 import torch
 
-from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.metrics.subgroups import SubgroupMetrics, subgroup_rows
+from facebench.core.tasks import Target, TaskSpec
+from facebench.lightning_modules.metrics.subgroups import SubgroupMetrics, subgroup_rows
 
 from gloo import run_on_gloo
 

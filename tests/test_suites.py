@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from benchmarks.suite import load_suite
-from datamodules.base import datamodule_names
-from lightning_modules.registry import method_names
+from facebench.benchmarks.suite import load_suite
+from facebench.datamodules.base import datamodule_names
+from facebench.lightning_modules.registry import method_names
 
 SUITE_FILES = sorted((Path(__file__).resolve().parents[1] / "benchmarks" / "suites").glob("*.yaml"))
 

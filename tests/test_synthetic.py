@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import re
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-try:
-    import datamodules.synthfaces  # noqa: F401
-except ModuleNotFoundError:  # running pytest without the repo root on sys.path
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.synthfaces import (
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
+from facebench.datamodules.synthfaces import (
     ATTRIBUTE_NAMES,
     RATER_ERROR,
     TARGET_PREVALENCE,
@@ -26,7 +19,7 @@ from datamodules.synthfaces import (
     render_single,
     write_celeba,
 )
-from datamodules.synthfaces.cli import main
+from facebench.datamodules.synthfaces.cli import main
 
 IX = {a: i for i, a in enumerate(ATTRIBUTE_NAMES)}
 

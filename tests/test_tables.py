@@ -10,14 +10,14 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from datamodules.core.io import write_json, write_yaml
-from benchmarks.records import write_records
-from benchmarks.report import build_reports
-from benchmarks.tables import (AVERAGE, REPORTED_PATH, canonical_attribute, comparison_table, html_page, load_reported)
-from datamodules.table import SampleTable
-from datamodules.celeba import CELEBA_ATTRIBUTES
-from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.registry import create_method
+from facebench.core.io import write_json, write_yaml
+from facebench.benchmarks.records import write_records
+from facebench.benchmarks.report import build_reports
+from facebench.benchmarks.tables import (AVERAGE, REPORTED_PATH, canonical_attribute, comparison_table, html_page, load_reported)
+from facebench.datamodules.table import SampleTable
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
+from facebench.core.tasks import Target, TaskSpec
+from facebench.lightning_modules.registry import create_method
 
 PAPERS = Path(__file__).resolve().parents[1].parent / "shared" / "papers"
 needs_papers = pytest.mark.skipif(not PAPERS.is_dir(), reason=f"paper texts not found at {PAPERS}")
@@ -278,8 +278,8 @@ def test_a_run_found_twice_in_a_results_folder_is_an_error_naming_both(tmp_path,
     reported silently in its place: the report stops and names both folders."""
     import json
 
-    from benchmarks.cli import main
-    from benchmarks.records import finished_run_dirs
+    from facebench.benchmarks.cli import main
+    from facebench.benchmarks.records import finished_run_dirs
 
     for parent in ("runs", "runs_old"):
         run_dir = tmp_path / "suite" / parent / "resnet18--ferplus--s0"

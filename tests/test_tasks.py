@@ -1,11 +1,11 @@
-"""The task spec's target-kind properties (datamodules/core/tasks.py): ``Target.is_sigmoid`` and
+"""The task spec's target-kind properties (facebench/core/tasks.py): ``Target.is_sigmoid`` and
 ``Target.is_softmax`` split the kinds in two and agree with the label / logit layout."""
 
 from __future__ import annotations
 
 import torch
 
-from datamodules.core.tasks import TARGET_KINDS, Target, TaskSpec
+from facebench.core.tasks import TARGET_KINDS, Target, TaskSpec
 
 
 def test_sigmoid_and_softmax_partition_the_kinds_and_match_the_layout():

@@ -14,13 +14,13 @@ import pytest
 import torch
 from torch import nn
 
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.mcnn import MCNN
-from lightning_modules.weighting import WEIGHTINGS, StepContext, create_weighting, weighting_names
-from lightning_modules.weighting.balance import alignment_matrix, imtl_weights
-from lightning_modules.weighting.conflict import cagrad_direction_weights, project_conflicting
-from lightning_modules.weighting.pareto import min_norm_weights, nash_weights
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.mcnn import MCNN
+from facebench.lightning_modules.weighting import WEIGHTINGS, StepContext, create_weighting, weighting_names
+from facebench.lightning_modules.weighting.balance import alignment_matrix, imtl_weights
+from facebench.lightning_modules.weighting.conflict import cagrad_direction_weights, project_conflicting
+from facebench.lightning_modules.weighting.pareto import min_norm_weights, nash_weights
 
 from gloo import run_on_gloo
 
@@ -53,7 +53,7 @@ def conflicting_pair(rng: np.random.Generator, dim: int = 5) -> torch.Tensor:
 # registry and CLI
 # ------------------------------------------------------------------------------------------------
 def test_registry_holds_the_twelve_weightings_and_the_cli_lists_them(capsys) -> None:
-    from benchmarks.cli import main
+    from facebench.benchmarks.cli import main
 
     expected = {"equal", "uncertainty", "gradnorm", "dwa", "rlw", "mgda", "pcgrad", "cagrad", "imtl", "nash_mtl", "famo",
                 "aligned_mtl"}
@@ -284,7 +284,7 @@ def test_gradient_methods_need_shared_parameters_and_a_base_loss() -> None:
     Linear(TASK, mtl={"weighting": "uncertainty"})               # a loss weighting needs nothing shared
     with pytest.raises(ValueError, match="'pcgrad'.*'tiny_linear'"):
         Linear(TASK, mtl={"weighting": "pcgrad"})
-    from lightning_modules.mcnn import IndependentCNNs
+    from facebench.lightning_modules.mcnn import IndependentCNNs
 
     with pytest.raises(ValueError, match="independent networks"):
         IndependentCNNs(TASK.subset(["Male", "Smiling"]), **TINY_MCNN, mtl={"weighting": "equal"})
@@ -330,7 +330,7 @@ def test_the_optimizer_sees_pcgrads_combined_gradient() -> None:
 
 
 def test_timm_trunk_is_the_shared_part() -> None:
-    from lightning_modules.baselines import TimmBaseline
+    from facebench.lightning_modules.baselines import TimmBaseline
 
     torch.manual_seed(0)
     model = TimmBaseline(TASK, backbone="test_efficientnet", input_size=32, mtl={"weighting": "mgda"})

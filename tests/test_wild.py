@@ -9,9 +9,9 @@ import cv2
 import numpy as np
 import pytest
 
-from datamodules.celeba import CelebADataModule
-from datamodules.image_files import load_image
-from datamodules.wild import (CELEBA_ALIGNED_SIZE, CELEBA_FACE_BOX, WildConfig, composite, place, sample_key,
+from facebench.datamodules.celeba import CelebADataModule
+from facebench.datamodules.image_files import load_image
+from facebench.datamodules.wild import (CELEBA_ALIGNED_SIZE, CELEBA_FACE_BOX, WildConfig, composite, place, sample_key,
                               source_face_boxes)
 from tests.conftest import shared_data
 
@@ -149,7 +149,7 @@ def test_in_the_wild_false_keeps_the_aligned_images(synth_celeba):
 
 
 def test_cache_reused_and_keyed_by_settings(synth_celeba):
-    from datamodules.cache import ImageCache, StoredGeometry
+    from facebench.datamodules.cache import ImageCache, StoredGeometry
 
     first, again = _dm(synth_celeba), _dm(synth_celeba)
     n = sum(len(t) for t in first.tables.values())
@@ -199,7 +199,7 @@ def test_image_cache_gives_the_same_samples(synth_celeba):
 
 
 def test_in_memory_arrays_are_composited(synth_celeba):
-    from datamodules.wild import apply_wild
+    from facebench.datamodules.wild import apply_wild
 
     dm = _dm(synth_celeba, wild=None, in_the_wild=False)
     tab = dm.tables["val"]
@@ -229,7 +229,7 @@ def test_real_celeba_subset_canonical_box():
 # the analysis: recall@IoU, calibration, the table
 # ------------------------------------------------------------------------------------------------
 def test_recall_iou_and_misses_exact():
-    from benchmarks.analyses.reference_detectors import recall_table_row
+    from facebench.benchmarks.analyses.reference_detectors import recall_table_row
 
     true = np.array([[0.1, 0.1, 0.4, 0.4]] * 5)
     pred = np.array([
@@ -248,7 +248,7 @@ def test_recall_iou_and_misses_exact():
 
 
 def test_detector_calibration_exact():
-    from benchmarks.analyses.reference_detectors import calibrate_detector, recall_table_row, scale_detections
+    from facebench.benchmarks.analyses.reference_detectors import calibrate_detector, recall_table_row, scale_detections
 
     rng = np.random.default_rng(0)
     true = np.concatenate([rng.uniform(0.1, 0.4, (20, 2)), rng.uniform(0.2, 0.4, (20, 2))], 1)
@@ -270,8 +270,8 @@ def test_detector_calibration_exact():
 def test_wild_localization_table(tmp_path, synth_celeba):
     """The analysis on a hand-made lnet_s run folder: the LNet_s row is the saved boxes' scores, the
     detectors run on the same canvases."""
-    from benchmarks.analyses.lnets_anet import wild_localization
-    from benchmarks.analyses.reference_detectors import recall_table_row
+    from facebench.benchmarks.analyses.lnets_anet import wild_localization
+    from facebench.benchmarks.analyses.reference_detectors import recall_table_row
 
     dm = _dm(synth_celeba, wild={**WILD, "canvas": 96})
     run = tmp_path / "lnet_s--x--s0"

@@ -13,7 +13,7 @@ import pkgutil
 from pathlib import Path
 from typing import Callable
 
-from datamodules.core.registry import Registry
+from facebench.core.registry import Registry
 
 
 def _load_all() -> None:
@@ -42,8 +42,8 @@ def run_analysis(name: str, argv: list[str]) -> int:
     code = ANALYSES.get(name)(argv)
     out = _out_path(argv)
     if code == 0 and out is not None and out.is_file():
-        from benchmarks.provenance import result_info
-        from datamodules.core.io import write_json
+        from facebench.benchmarks.provenance import result_info
+        from facebench.core.io import write_json
 
         write_json(out.with_name(f"{out.stem}_info.json"),
                    result_info(" ".join(["facebench", "analyze", name, *argv]), analysis=name))

@@ -1,10 +1,10 @@
 """Analyses of Baumgartner & Culpepper, "Deep Architectures for Face Attributes" (Flickr / Yahoo,
 2016), on runs of the ``branching`` / ``branching_identity`` methods
-(:mod:`lightning_modules.branching`):
+(:mod:`facebench.lightning_modules.branching`):
 
 * ``branch-selection``: reads a depth sweep's run records (``grid: {branch_from: [...]}``), prints
   the Fig. 3 grid, picks the best depth per target and can assemble the chosen branches into one
-  :class:`~lightning_modules.branching.AssembledBranchingNet` (Fig. 1);
+  :class:`~facebench.lightning_modules.branching.AssembledBranchingNet` (Fig. 1);
 * ``face-verification``: 320-d features, cosine similarity, 10-fold threshold selection (sec. 4.2;
   LFW ``pairs.txt`` when present, otherwise balanced pairs generated from identities);
 * ``operating-point``: the multi-target ethnicity operating point (sec. 4.7): per-class
@@ -24,18 +24,18 @@ import pandas as pd
 import torch
 import yaml
 
-from benchmarks.analyses import register_analysis
-from benchmarks.overrides import parse_sets
-from benchmarks.records import finished_run_dirs, load_predictions
-from benchmarks.worker import STATUS
-from datamodules.base import create_datamodule
-from datamodules.core.io import read_json, write_csv, write_json
-from datamodules.core.tasks import TaskSpec
-from datamodules.formats import DatasetFormatError
-from lightning_modules.branching import (BOTTLENECK, PAPER_BRANCH_POINTS, AssembledBranchingNet, BranchingFineTuneTask,
+from facebench.benchmarks.analyses import register_analysis
+from facebench.benchmarks.overrides import parse_sets
+from facebench.benchmarks.records import finished_run_dirs, load_predictions
+from facebench.benchmarks.worker import STATUS
+from facebench.datamodules.base import create_datamodule
+from facebench.core.io import read_json, write_csv, write_json
+from facebench.core.tasks import TaskSpec
+from facebench.datamodules.formats import DatasetFormatError
+from facebench.lightning_modules.branching import (BOTTLENECK, PAPER_BRANCH_POINTS, AssembledBranchingNet, BranchingFineTuneTask,
                                          BranchingIdentityTask, VerificationPairs, generate_pairs,
                                          load_branching_checkpoint, verification_accuracy)
-from lightning_modules.metrics import LOWER_IS_BETTER, MultilabelOperatingPoint
+from facebench.lightning_modules.metrics import LOWER_IS_BETTER, MultilabelOperatingPoint
 
 
 # ------------------------------------------------------------------------------------------------
@@ -255,7 +255,7 @@ def face_verification_main(argv: list[str]) -> int:
 def select_operating_point(scores: np.ndarray, labels: np.ndarray, target_fpr: float) -> np.ndarray:
     """Per class (column), the threshold with the highest true-positive rate whose false-positive
     rate on these (validation) scores is at most ``target_fpr``; labels ``-1`` are ignored. Uses the
-    metrics module's :class:`~lightning_modules.metrics.MultilabelOperatingPoint` (torchmetrics)."""
+    metrics module's :class:`~facebench.lightning_modules.metrics.MultilabelOperatingPoint` (torchmetrics)."""
     op = MultilabelOperatingPoint(num_labels=scores.shape[1], min_specificity=1.0 - target_fpr, ignore_index=-1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)

@@ -1,5 +1,5 @@
 """Analyses of the Face Attributes Dataset (FAD) paper (``papers/lacnn_landmark_augmented_cnn_FAD.txt``)
-on runs of ``lacnn`` / ``lacnn_baseline`` (:mod:`lightning_modules.lacnn`):
+on runs of ``lacnn`` / ``lacnn_baseline`` (:mod:`facebench.lightning_modules.lacnn`):
 
 * ``lacnn-first-layer`` (:func:`first_layer_analysis`): Figure 5, the rectified conv1 responses
   of one or more checkpoints to one image (or the conv1 kernels), with LACNN's landmark channel;
@@ -19,14 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.analyses import register_analysis
-from benchmarks.report import collect_metrics
-from benchmarks.tables import AVERAGE, seed_means
-from datamodules.celeba import LANDMARK_COLUMNS
-from datamodules.formats import read_table_file
-from datamodules.image_files import load_image
-from datamodules.transforms import FaceTransform, TransformConfig
-from lightning_modules.lacnn import LACNN, LACNNBaseline, landmark_channel
+from facebench.benchmarks.analyses import register_analysis
+from facebench.benchmarks.report import collect_metrics
+from facebench.benchmarks.tables import AVERAGE, seed_means
+from facebench.datamodules.celeba import LANDMARK_COLUMNS
+from facebench.datamodules.formats import read_table_file
+from facebench.datamodules.image_files import load_image
+from facebench.datamodules.transforms import FaceTransform, TransformConfig
+from facebench.lightning_modules.lacnn import LACNN, LACNNBaseline, landmark_channel
 
 
 # ------------------------------------------------------------------------------------------------
@@ -157,9 +157,9 @@ def first_layer_analysis(argv: list[str]) -> int:
 def compare_traits(metrics: pd.DataFrame, baseline: str = "lacnn_baseline", method: str = "lacnn",
                    metric: str = "accuracy", split: str = "test", significance: pd.DataFrame | None = None) -> pd.DataFrame:
     """The paper's Table 3 from result records: per (dataset, trait) the mean over seeds of ``metric``
-    for ``baseline`` and ``method`` (suite method keys; :func:`benchmarks.tables.seed_means` on the long
+    for ``baseline`` and ``method`` (suite method keys; :func:`facebench.benchmarks.tables.seed_means` on the long
     ``metrics``), their difference and the winner by the mean; with the report's ``significance`` table
-    (:func:`benchmarks.stats.paired_comparisons`) also the pooled McNemar p-value (Holm-adjusted) of
+    (:func:`facebench.benchmarks.stats.paired_comparisons`) also the pooled McNemar p-value (Holm-adjusted) of
     the pair and whether the difference is significant (McNemar tests accuracy: only joined for
     ``metric="accuracy"``)."""
     frames = []

@@ -2,7 +2,7 @@
 attribute layer, sec. 5.1, Fig. 10), ``lnet-localization`` (the face-localisation recall curve
 over IoU thresholds, Fig. 7 (a)), from a run's checkpoint or saved predictions, and
 ``wild-localization`` (LNet_s's face boxes against OpenCV's Haar cascade and dlib's HOG detector on
-the same test images, :mod:`benchmarks.analyses.reference_detectors`)."""
+the same test images, :mod:`facebench.benchmarks.analyses.reference_detectors`)."""
 
 from __future__ import annotations
 
@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from benchmarks.analyses import register_analysis
-from lightning_modules.lnets_anet import box_iou_xywh
+from facebench.benchmarks.analyses import register_analysis
+from facebench.lightning_modules.lnets_anet import box_iou_xywh
 
 
 def attribute_groups(weight: np.ndarray, names: Sequence[str], n_groups: int, seed: int = 0,
@@ -170,8 +170,8 @@ def wild_localization(run_dir: Path, split: str = "test", calibrate_on: str = "v
     boxes are the run's (already scaled by its own validation calibration, ``face_scale``); each
     detector's best-scoring box is scaled by the factor calibrated on ``calibrate_on``'s images.
     Boxes are compared in coordinates normalised by the image side."""
-    from datamodules.image_files import load_image
-    from benchmarks.analyses.reference_detectors import (calibrate_detector, detect_all, haar_detector, hog_detector,
+    from facebench.datamodules.image_files import load_image
+    from facebench.benchmarks.analyses.reference_detectors import (calibrate_detector, detect_all, haar_detector, hog_detector,
                                                          recall_table_row, scale_detections)
 
     test, test_files = _split_images(run_dir, split)
@@ -204,7 +204,7 @@ def wild_localization_command(argv: list[str]) -> int:
     ap.add_argument("--haar-min-neighbors", type=int, default=3)
     ap.add_argument("--out", type=Path, help="output CSV (default: <run>/analysis/wild_localization.csv)")
     args = ap.parse_args(argv)
-    from datamodules.core.io import write_csv
+    from facebench.core.io import write_csv
 
     table = wild_localization(args.run_dir, args.split, args.calibrate_on, args.hog_upsample, args.haar_min_neighbors)
     out = args.out or args.run_dir / "analysis" / "wild_localization.csv"

@@ -1,5 +1,5 @@
 """``facebench analyze mcnn-aux-heatmap``: Figure 3 of Hand & Chellappa (AAAI 2017), the weights of
-an ``mcnn_aux`` run's AUX layer (:class:`~lightning_modules.mcnn.MCNNAux`) as a heatmap: which
+an ``mcnn_aux`` run's AUX layer (:class:`~facebench.lightning_modules.mcnn.MCNNAux`) as a heatmap: which
 attribute scores each final score draws on.
 """
 
@@ -11,8 +11,8 @@ from typing import Sequence
 
 import torch
 
-from benchmarks.analyses import register_analysis
-from datamodules.core.tasks import TaskSpec
+from facebench.benchmarks.analyses import register_analysis
+from facebench.core.tasks import TaskSpec
 
 
 def plot_aux_heatmap(weight: torch.Tensor, names: Sequence[str], out_png: str | Path, title: str = "",

@@ -1,7 +1,7 @@
 """``facebench analyze rater-agreement``: per-class Fleiss' kappa and the leave-one-rater-out human
 ceiling of a dataset's rater votes (e.g. FER+'s 10 votes per image, FAD's 3 per trait), printed
 and written to a CSV. The definitions, conventions and tie handling are those of
-:mod:`datamodules.core.agreement`.
+:mod:`facebench.core.agreement`.
 """
 
 from __future__ import annotations
@@ -15,11 +15,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from benchmarks.analyses import register_analysis
-from benchmarks.overrides import parse_sets
-from datamodules.base import create_datamodule
-from datamodules.core.agreement import MIN_RATINGS, as_count_tensor, kappa_from_sums, kappa_sums, loo_majority_agreement
-from datamodules.core.io import write_csv
+from facebench.benchmarks.analyses import register_analysis
+from facebench.benchmarks.overrides import parse_sets
+from facebench.datamodules.base import create_datamodule
+from facebench.core.agreement import MIN_RATINGS, as_count_tensor, kappa_from_sums, kappa_sums, loo_majority_agreement
+from facebench.core.io import write_csv
 
 
 def agreement_table(counts: Any, classes: Sequence[str], min_ratings: int = MIN_RATINGS) -> pd.DataFrame:

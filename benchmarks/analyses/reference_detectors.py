@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterable, Sequence
 import numpy as np
 import torch
 
-from lightning_modules.lnets_anet import box_iou_xywh, calibrate_scale, scale_boxes
+from facebench.lightning_modules.lnets_anet import box_iou_xywh, calibrate_scale, scale_boxes
 
 #: IoU thresholds of the table.
 RECALL_THRESHOLDS: tuple[float, ...] = (0.3, 0.5, 0.7)
@@ -81,7 +81,7 @@ def detect_all(detect: Detector, images: Iterable[np.ndarray]) -> np.ndarray:
 
 def calibrate_detector(pred: np.ndarray, true: np.ndarray, grid: Sequence[float] | None = None) -> float:
     """The box scale factor (about the box centres) that maximises recall@iou0.5 on the images with a
-    detection (:func:`~lightning_modules.lnets_anet.calibrate_scale`; misses do not depend on it); 1.0
+    detection (:func:`~facebench.lightning_modules.lnets_anet.calibrate_scale`; misses do not depend on it); 1.0
     when nothing was detected."""
     pred, true = np.asarray(pred, dtype=np.float64), np.asarray(true, dtype=np.float64)
     found = np.isfinite(pred).all(1)

@@ -1,7 +1,7 @@
 """``facebench analyze first-layer-similarity``: the cosine similarity table of first-layer weights
 between networks trained for different tasks (semantic-features paper,
 ``papers/semantic_facial_features_fer_vv.txt``, Section 4.2.7, Figure 16), from checkpoints of
-``semantic_cnn`` runs (:mod:`lightning_modules.semantic_cnn`; per-task networks give one entry per
+``semantic_cnn`` runs (:mod:`facebench.lightning_modules.semantic_cnn`; per-task networks give one entry per
 target) or of any network with a first convolution.
 """
 
@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from benchmarks.analyses import register_analysis
+from facebench.benchmarks.analyses import register_analysis
 
 FIRST_CONV_KEY = re.compile(r"^(?:(.*)\.)?networks\.(\d+)\.blocks\.0\.conv\.weight$")
 MATCHINGS = ("index", "best", "hungarian")

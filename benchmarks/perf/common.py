@@ -30,7 +30,7 @@ def celeba_root(synth_identities: int = 100) -> tuple[Path, str]:
         return SHARED_CELEBA, f"real CelebA subset ({SHARED_CELEBA})"
     out = SCRATCH / f"synthfaces_celeba_{synth_identities}"
     if not (out / "list_attr_celeba.txt").is_file():
-        from datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
+        from facebench.datamodules.synthfaces import SynthFacesConfig, generate, write_celeba
 
         data = generate(SynthFacesConfig(n_identities=synth_identities, images_per_identity=30, image_size=128, seed=0))
         write_celeba(data, out, overwrite=True)
@@ -45,8 +45,8 @@ def scaled_copy(root: Path, factor: int) -> Path:
     out = SCRATCH / f"{root.name}_x{factor}"
     if (out / "list_attr_celeba.txt").is_file():
         return out
-    from datamodules.celeba import parse_attributes
-    from datamodules.formats import read_table_file
+    from facebench.datamodules.celeba import parse_attributes
+    from facebench.datamodules.formats import read_table_file
 
     tmp = SCRATCH / f".{out.name}.partial"
     shutil.rmtree(tmp, ignore_errors=True)

@@ -1,6 +1,6 @@
 """Full-size scale check (issue 13): the celeba_h100 suite's data path at CelebA's full size, on CPU.
 
-``python -m benchmarks.perf.full_scale [--n 202599] [--fraction 8] [--size 96] [--out DIR] [--keep]
+``python -m facebench.benchmarks.perf.full_scale [--n 202599] [--fraction 8] [--size 96] [--out DIR] [--keep]
 [--stages ...] [--sizes full eighth] [--mcnn-steps 20] [--json PATH]``
 
 Writes SynthFaces in CelebA's layout at full size (``facebench synth --format celeba --n 202599``;
@@ -29,7 +29,7 @@ per size, each stage in its own subprocess (``--child``), so that its peak RSS i
 The runs use the suite with CPU overrides (``trainer.accelerator=cpu trainer.precision=32-true
 trainer.devices=1``, ``channels_last`` / ``torch_compile`` off, 2 workers, no pinned memory,
 ``augment_on: worker`` as the CPU suites; seed 0 only; results under ``--out``) and run in the
-stage's process (``benchmarks.runner.run_suite(..., in_process=True, report=False)``: what
+stage's process (``facebench.benchmarks.runner.run_suite(..., in_process=True, report=False)``: what
 ``facebench run --in-process`` does, without the leaderboard), so the training process is the child
 and its DataLoader workers are its children. Printed per run: the time of the work (imports and
 process start-up excluded, then included), the training loop's images/s (epoch start to the last
@@ -60,7 +60,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.perf.common import peak_rss_mb
+from facebench.benchmarks.perf.common import peak_rss_mb
 
 #: CelebA's official split sizes (list_eval_partition.txt of the full release).
 OFFICIAL_SPLIT = (162_770, 19_867, 19_962)
@@ -190,7 +190,7 @@ class DescendantMemory(threading.Thread):
 # children: one stage each, in a fresh process
 # ------------------------------------------------------------------------------------------------
 def child_generate(root: Path, n: int, size: int) -> dict[str, Any]:
-    from datamodules.synthfaces.cli import main as synth
+    from facebench.datamodules.synthfaces.cli import main as synth
 
     rc = synth(["--format", "celeba", "--out", str(root), "--n", str(n), "--seed", "0", "--size", str(size),
                 "--overwrite"])
@@ -198,7 +198,7 @@ def child_generate(root: Path, n: int, size: int) -> dict[str, Any]:
 
 
 def child_inspect(root: Path, file_checks: bool) -> dict[str, Any]:
-    from benchmarks.cli import main as cli
+    from facebench.benchmarks.cli import main as cli
 
     buf = io.StringIO()
     with contextlib.redirect_stdout(buf):
@@ -208,8 +208,8 @@ def child_inspect(root: Path, file_checks: bool) -> dict[str, Any]:
 
 
 def _suite_runs(root: Path, results: Path) -> dict[str, Any]:
-    from benchmarks.overrides import parse_sets
-    from benchmarks.suite import load_suite
+    from facebench.benchmarks.overrides import parse_sets
+    from facebench.benchmarks.suite import load_suite
 
     sets = parse_sets(CPU_OVERRIDES + [f"datasets.celeba.args.root={root}", f"results_dir={results}"])
     return {r.method_key: r.config for r in load_suite("celeba_h100", overrides=sets).runs}
@@ -217,9 +217,9 @@ def _suite_runs(root: Path, results: Path) -> dict[str, Any]:
 
 def child_cache(root: Path, results: Path) -> dict[str, Any]:
     """Build the image caches of the suite's runs (every split) exactly as their loaders do."""
-    from benchmarks.worker import SUITE_DATAMODULE_DEFAULTS
-    from datamodules.base import create_datamodule
-    from lightning_modules.registry import create_method
+    from facebench.benchmarks.worker import SUITE_DATAMODULE_DEFAULTS
+    from facebench.datamodules.base import create_datamodule
+    from facebench.lightning_modules.registry import create_method
 
     out: dict[str, Any] = {}
     for key in ("majority", "mcnn"):
@@ -245,10 +245,10 @@ def child_run(root: Path, results: Path, method: str, steps: int) -> dict[str, A
     """``facebench run celeba_h100 --only METHOD`` in this process, with a training-loop timer."""
     import lightning as L
 
-    import benchmarks.worker as worker
-    import datamodules.base as base
-    from benchmarks.overrides import parse_sets
-    from benchmarks.runner import run_suite
+    import facebench.benchmarks.worker as worker
+    import facebench.datamodules.base as base
+    from facebench.benchmarks.overrides import parse_sets
+    from facebench.benchmarks.runner import run_suite
 
     class LoopTimer(L.Callback):
         """Training loop time: epoch start to the last batch's end (validation excluded)."""
@@ -309,7 +309,7 @@ def run_child(stage: str, *args: str, env: dict[str, str]) -> dict[str, Any]:
     """``--child STAGE ARGS`` in a fresh process: its result, wall time and peak RSS."""
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
-    proc = subprocess.run([sys.executable, "-m", "benchmarks.perf.full_scale", "--child", stage, *args],
+    proc = subprocess.run([sys.executable, "-m", "facebench.benchmarks.perf.full_scale", "--child", stage, *args],
                           capture_output=True, text=True, env=env)
     wall = time.perf_counter() - t0
     line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
@@ -323,15 +323,15 @@ def child_main(stage: str, args: list[str]) -> int:
     """One stage in this process: its result, the time of its work (imports excluded) and memory."""
     root = Path(args[0]) if args else Path(".")
     if stage == "machine":
-        from benchmarks.perf.common import machine
+        from facebench.benchmarks.perf.common import machine
 
         print("RESULT " + json.dumps(machine()), flush=True)
         return 0
     if stage != "generate":
         import lightning  # noqa: F401  (imports outside the timed work)
 
-        import benchmarks.runner  # noqa: F401
-        import datamodules.all  # noqa: F401
+        import facebench.benchmarks.runner  # noqa: F401
+        import facebench.datamodules.all  # noqa: F401
     sampler = DescendantMemory()
     sampler.start()
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Loader throughput: the decoded-image cache versus decoding each JPEG with PIL per item.
 
-``python -m benchmarks.perf.loader [--sizes 64 96] [--workers 2] [--repeats 3]``
+``python -m facebench.benchmarks.perf.loader [--sizes 64 96] [--workers 2] [--repeats 3]``
 
 Same images (the training split of the CelebA subset, or SynthFaces), same DataLoader workers,
 same output size and the same training augmentation (random crop + horizontal flip, MCNN's recipe);
@@ -25,13 +25,13 @@ from typing import Any
 
 import torch
 
-from benchmarks.perf.common import MCNN_INPUT, SCRATCH, celeba_root, header, median
+from facebench.benchmarks.perf.common import MCNN_INPUT, SCRATCH, celeba_root, header, median
 
 MODES = ("uncached", "cached", "cached+batch")
 
 
 def make_datamodule(root: Path, mode: str, size: int, workers: int, batch_size: int, cache_dir: Path) -> Any:
-    from datamodules.celeba import CelebADataModule
+    from facebench.datamodules.celeba import CelebADataModule
 
     resize_to = round(size * MCNN_INPUT["resize_to"] / MCNN_INPUT["image_size"])
     return CelebADataModule(root, batch_size=batch_size, num_workers=workers, verify_images="none", cache_dir=cache_dir,

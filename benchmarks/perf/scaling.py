@@ -1,10 +1,10 @@
 """Epoch time at 1x, 2x and 4x the dataset size, and peak memory.
 
-``python -m benchmarks.perf.scaling [--method majority|mcnn] [--factors 1 2 4] [--workers 2]``
+``python -m facebench.benchmarks.perf.scaling [--method majority|mcnn] [--factors 1 2 4] [--workers 2]``
 
 The CelebA subset's training split (or SynthFaces) listed 1, 2 and 4 times (symbolic links under
 ``$FACEBENCH_PERF_DIR``, default ``/tmp/facebench_perf``), each size trained for ``--epochs`` epochs through
-the suite's path (``benchmarks.worker``: the datamodule with the suite defaults, so the image cache
+the suite's path (``facebench.benchmarks.worker``: the datamodule with the suite defaults, so the image cache
 is on, ``build_trainer`` with its callbacks and logger) in a fresh process, so that peak memory is
 per size. The cache is built before the epochs (a one-off, printed separately). Printed per size:
 the last epoch's seconds (``--epochs``, default 2: the first includes DataLoader worker start-up),
@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.perf.common import MCNN_INPUT, SCRATCH, celeba_root, header, peak_rss_mb, scaled_copy
+from facebench.benchmarks.perf.common import MCNN_INPUT, SCRATCH, celeba_root, header, peak_rss_mb, scaled_copy
 
 METHOD_ARGS: dict[str, dict[str, Any]] = {
     "majority": {},
@@ -52,11 +52,11 @@ def child(factor: int, method: str, workers: int, batch_size: int, epochs: int) 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             self.times.append(time.perf_counter() - self.t0)
 
-    from benchmarks.callbacks import RunLoggingCallback
-    from benchmarks.suite import DEFAULT_TRAINER
-    from benchmarks.worker import SUITE_DATAMODULE_DEFAULTS, build_trainer
-    from datamodules.base import create_datamodule
-    from lightning_modules.registry import create_method
+    from facebench.benchmarks.callbacks import RunLoggingCallback
+    from facebench.benchmarks.suite import DEFAULT_TRAINER
+    from facebench.benchmarks.worker import SUITE_DATAMODULE_DEFAULTS, build_trainer
+    from facebench.datamodules.base import create_datamodule
+    from facebench.lightning_modules.registry import create_method
 
     root = scaled_copy(celeba_root()[0], factor)
     dm = create_datamodule("celeba", **{**SUITE_DATAMODULE_DEFAULTS, "root": str(root), "batch_size": batch_size,
@@ -111,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for f in args.factors:
         env = {**os.environ, "FACEBENCH_WANDB": "0"}
-        proc = subprocess.run([sys.executable, "-m", "benchmarks.perf.scaling", "--child", str(f), "--method", args.method,
+        proc = subprocess.run([sys.executable, "-m", "facebench.benchmarks.perf.scaling", "--child", str(f), "--method", args.method,
                                "--workers", str(args.workers), "--batch-size", str(args.batch_size),
                                "--epochs", str(args.epochs)],
                               capture_output=True, text=True, env=env)

@@ -1,6 +1,6 @@
 """Wall time of a whole suite run, as a user starts it.
 
-``python -m benchmarks.perf.suite_time [SUITE] [--results-dir DIR] [--only PATTERN ...] [--set key=value ...]``
+``python -m facebench.benchmarks.perf.suite_time [SUITE] [--results-dir DIR] [--only PATTERN ...] [--set key=value ...]``
 
 Runs ``facebench run SUITE --force --set results_dir=DIR`` (default: the ``quick`` suite, what a
 bare ``facebench run`` trains, into ``/tmp/perf_quick``) in a subprocess and prints its wall time,
@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.perf.common import header, peak_rss_mb
+from facebench.benchmarks.perf.common import header, peak_rss_mb
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--only", nargs="*", default=[])
     ap.add_argument("--set", dest="overrides", nargs="*", default=[])
     args = ap.parse_args(argv)
-    from benchmarks.suite import SuiteConfigError, suite_path
+    from facebench.benchmarks.suite import SuiteConfigError, suite_path
 
     try:
         path = suite_path(args.suite)
@@ -35,7 +35,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"suite {args.suite!r} is not available here: {exc}")
         return 2
     only = ["--only", *args.only] if args.only else []
-    cmd = [sys.executable, "-m", "benchmarks.cli", "run", str(path), *only, "--force", "--set",
+    cmd = [sys.executable, "-m", "facebench.benchmarks.cli", "run", str(path), *only, "--force", "--set",
            f"results_dir={args.results_dir}", *args.overrides]
     header(f"suite wall time: facebench run {args.suite} {' '.join(only)} --force --set results_dir={args.results_dir} "
            f"{' '.join(args.overrides)}".rstrip(), {"suite_file": path})

@@ -1,13 +1,13 @@
 """Training-step throughput of MCNN: the suite's Lightning path versus a plain PyTorch loop.
 
-``python -m benchmarks.perf.train_step [--steps 20] [--warmup 2] [--repeats 5] [--batch-size 100]``
+``python -m facebench.benchmarks.perf.train_step [--steps 20] [--warmup 2] [--repeats 5] [--batch-size 100]``
 
 Same model (``mcnn`` at the CPU suite's 96x96 input, Conv1 stride 3, as in
 ``benchmarks/suites/celeba.yaml``), same initial weights, same batches (a few real training
 batches of the CelebA subset, or SynthFaces, held in memory and cycled, so the data pipeline costs
 the same nothing in both), same optimiser (the method's ``configure_optimizers``: SGD, momentum).
 
-* Lightning: ``benchmarks.worker.build_trainer`` with the suite defaults (callbacks: checkpointing,
+* Lightning: ``facebench.benchmarks.worker.build_trainer`` with the suite defaults (callbacks: checkpointing,
   epoch seeding, throughput logging; the CSV logger; per-step loss logging), ``max_steps``, no
   validation;
 * plain: ``logits -> loss -> zero_grad -> backward -> step`` in a ``for`` loop.
@@ -30,7 +30,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader
 
-from benchmarks.perf.common import MCNN_INPUT, SCRATCH, celeba_root, header, median
+from facebench.benchmarks.perf.common import MCNN_INPUT, SCRATCH, celeba_root, header, median
 
 
 class StepWindow(L.Callback):
@@ -51,7 +51,7 @@ class StepWindow(L.Callback):
 
 
 def real_batches(n_batches: int, batch_size: int) -> tuple[list[dict[str, torch.Tensor]], Any, str]:
-    from datamodules.celeba import CelebADataModule
+    from facebench.datamodules.celeba import CelebADataModule
 
     root, what = celeba_root()
     dm = CelebADataModule(root, batch_size=batch_size, num_workers=0, verify_images="none", image_cache=True,
@@ -68,8 +68,8 @@ def as_loader(batches: list[dict[str, torch.Tensor]], steps: int) -> DataLoader:
 
 
 def lightning_run(model: Any, loader: DataLoader, steps: int, warmup: int) -> dict[str, float]:
-    from benchmarks.suite import DEFAULT_TRAINER
-    from benchmarks.worker import build_trainer
+    from facebench.benchmarks.suite import DEFAULT_TRAINER
+    from facebench.benchmarks.worker import build_trainer
 
     window = StepWindow(warmup)
     with tempfile.TemporaryDirectory(dir=SCRATCH) as run_dir:
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    from lightning_modules.mcnn import MCNN
+    from facebench.lightning_modules.mcnn import MCNN
 
     SCRATCH.mkdir(parents=True, exist_ok=True)
     batches, task, what = real_batches(4, args.batch_size)

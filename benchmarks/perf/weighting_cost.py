@@ -1,9 +1,9 @@
 """Cost of one training step per multi-task weighting, as a ratio to ``equal`` (issue 15).
 
-``python -m benchmarks.perf.weighting_cost [--tasks 10 20 40] [--width 0.125] [--rounds 3]``
+``python -m facebench.benchmarks.perf.weighting_cost [--tasks 10 20 40] [--width 0.125] [--rounds 3]``
 ``[--steps 5] [--warmup 2] [--weightings equal pcgrad ...] [--memory-jobs 2]``
 
-The model is fixed and small: ``mtl_cnn`` (the CelebA-40 protocol's CNN, :mod:`lightning_modules.mtl_cnn`)
+The model is fixed and small: ``mtl_cnn`` (the CelebA-40 protocol's CNN, :mod:`facebench.lightning_modules.mtl_cnn`)
 at a CPU ``--width`` (default that of ``benchmarks/suites/mtl_celeba.yaml``), 64x64 inputs, batches of
 64 random images with random binary labels, ``mtl: {weighting: NAME, tasks: targets}`` over the first
 10, 20 and 40 CelebA attributes (one task per attribute). A step is what a Lightning training step
@@ -44,7 +44,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from benchmarks.perf.common import header, median
+from facebench.benchmarks.perf.common import header, median
 
 #: The ``mtl_celeba`` suite's width (benchmarks/suites/mtl_celeba.yaml).
 DEFAULT_WIDTH = 0.125
@@ -75,9 +75,9 @@ class Stepper:
     def __init__(self, weighting: str, n_tasks: int, width: float, batch_size: int):
         import torch
 
-        from datamodules.celeba import CELEBA_ATTRIBUTES
-        from datamodules.core.tasks import TaskSpec
-        from lightning_modules.mtl_cnn import MultiTaskCNN
+        from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
+        from facebench.core.tasks import TaskSpec
+        from facebench.lightning_modules.mtl_cnn import MultiTaskCNN
 
         torch.manual_seed(0)
         task = TaskSpec.binary_attributes(list(CELEBA_ATTRIBUTES[:n_tasks]), name="celeba")
@@ -150,7 +150,7 @@ def memory_child(weighting: str, n_tasks: int, width: float, batch_size: int) ->
 
 
 def run_memory_child(weighting: str, n_tasks: int, args: argparse.Namespace) -> dict[str, float]:
-    cmd = [sys.executable, "-m", "benchmarks.perf.weighting_cost", "--memory-child", weighting, str(n_tasks),
+    cmd = [sys.executable, "-m", "facebench.benchmarks.perf.weighting_cost", "--memory-child", weighting, str(n_tasks),
            "--width", str(args.width), "--batch-size", str(args.batch_size)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=False)
@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(memory_child(args.memory_child[0], int(args.memory_child[1]), args.width, args.batch_size)))
         return 0
 
-    from lightning_modules.weighting import weighting_names
+    from facebench.lightning_modules.weighting import weighting_names
 
     names = args.weightings or sorted(weighting_names())
     names = ["equal"] + [n for n in names if n != "equal"]

@@ -17,16 +17,16 @@ Modules (each with one job; the model is described in their docstrings):
 * ``datamodule`` - the ``synthfaces`` datamodule (generated once into a cache, read as CelebA).
 """
 
-from datamodules.synthfaces.config import SynthFacesConfig, SynthFacesData
-from datamodules.synthfaces.datamodule import SynthFacesDataModule
-from datamodules.synthfaces.generate import generate, identity_split, take
-from datamodules.synthfaces.priors import (
+from facebench.datamodules.synthfaces.config import SynthFacesConfig, SynthFacesData
+from facebench.datamodules.synthfaces.datamodule import SynthFacesDataModule
+from facebench.datamodules.synthfaces.generate import generate, identity_split, take
+from facebench.datamodules.synthfaces.priors import (
     ATTRIBUTE_NAMES, BAD_RATER_ERROR, BLUR_RADIUS_RANGE, CLUTTER_SHAPES, FACIAL_HAIR_STYLES, NOISE_SIGMA_MAX,
     NOT_RENDERED, RATER_ERROR, SYNTHFACES_VERSION, TARGET_PREVALENCE,
 )
-from datamodules.synthfaces.render import clutter_canvas, render_clutter, render_single
-from datamodules.synthfaces.sampling import rater_error_rates
-from datamodules.synthfaces.writers import WRITERS, atomic_output, write_celeba
+from facebench.datamodules.synthfaces.render import clutter_canvas, render_clutter, render_single
+from facebench.datamodules.synthfaces.sampling import rater_error_rates
+from facebench.datamodules.synthfaces.writers import WRITERS, atomic_output, write_celeba
 
 __all__ = [
     "ATTRIBUTE_NAMES", "BAD_RATER_ERROR", "BLUR_RADIUS_RANGE", "CLUTTER_SHAPES", "FACIAL_HAIR_STYLES",

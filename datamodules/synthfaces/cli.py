@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Sequence
 
-from datamodules.synthfaces.config import SynthFacesConfig
-from datamodules.synthfaces.generate import generate, take
-from datamodules.synthfaces.writers import WRITERS
+from facebench.datamodules.synthfaces.config import SynthFacesConfig
+from facebench.datamodules.synthfaces.generate import generate, take
+from facebench.datamodules.synthfaces.writers import WRITERS
 
 
 def build_parser(formats: Sequence[str] = tuple(WRITERS)) -> argparse.ArgumentParser:

@@ -7,7 +7,7 @@ from typing import Mapping
 
 import numpy as np
 
-from datamodules.synthfaces.priors import ATTRIBUTE_NAMES, WILD_CANVAS_FACTOR
+from facebench.datamodules.synthfaces.priors import ATTRIBUTE_NAMES, WILD_CANVAS_FACTOR
 
 
 @dataclass(frozen=True)

@@ -14,16 +14,16 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from datamodules.base import register_datamodule
-from datamodules.celeba import CelebADataModule
-from datamodules.core.tasks import TaskSpec
-from datamodules.preprocess import default_cache_dir
-from datamodules.synthfaces.config import SynthFacesConfig, SynthFacesData
-from datamodules.synthfaces.generate import generate
-from datamodules.synthfaces.geometry import landmarks5_from_68
-from datamodules.synthfaces.priors import SYNTHFACES_VERSION
-from datamodules.synthfaces.writers import write_celeba, write_lines
-from datamodules.table import SampleTable
+from facebench.datamodules.base import register_datamodule
+from facebench.datamodules.celeba import CelebADataModule
+from facebench.core.tasks import TaskSpec
+from facebench.datamodules.preprocess import default_cache_dir
+from facebench.datamodules.synthfaces.config import SynthFacesConfig, SynthFacesData
+from facebench.datamodules.synthfaces.generate import generate
+from facebench.datamodules.synthfaces.geometry import landmarks5_from_68
+from facebench.datamodules.synthfaces.priors import SYNTHFACES_VERSION
+from facebench.datamodules.synthfaces.writers import write_celeba, write_lines
+from facebench.datamodules.table import SampleTable
 
 
 @register_datamodule("synthfaces")
@@ -76,7 +76,7 @@ class SynthFacesDataModule(CelebADataModule):
                       f"({time.time() - t0:.0f}s)", flush=True)
 
     def load_tables(self) -> tuple[TaskSpec, dict[str, SampleTable]]:
-        from datamodules.multirater import MultiRaterDataModule
+        from facebench.datamodules.multirater import MultiRaterDataModule
 
         self.prepare_data()
         task, tables = super().load_tables()
@@ -109,7 +109,7 @@ def _write_landmarks68(data: SynthFacesData, root: Path) -> None:
 
 
 def _read_landmarks68(root: Path) -> np.ndarray:
-    from datamodules.formats import read_table_file
+    from facebench.datamodules.formats import read_table_file
 
     _, _, values = read_table_file(root / LANDMARKS68_FILE, 136, count_line=True, header=(), parse=float,
                                    what="landmark coordinates", dtype=np.float64)

@@ -21,10 +21,10 @@ from __future__ import annotations
 import numpy as np
 from PIL import Image, ImageDraw
 
-from datamodules.synthfaces.geometry import (
+from facebench.datamodules.synthfaces.geometry import (
     EYE_Y, FOREHEAD_HEIGHT, HAIR_END_Y, HAIRLINE_Y, JAW_CENTER_Y, NECK_BASE_Y, FaceGeometry,
 )
-from datamodules.synthfaces.sampling import IdentityTraits, ImageTraits
+from facebench.datamodules.synthfaces.sampling import IdentityTraits, ImageTraits
 
 #: Rendering colours and stroke sizes (canonical units).
 TEETH_RGB = (242, 240, 230)

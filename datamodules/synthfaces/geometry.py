@@ -21,8 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from datamodules.synthfaces.priors import BROW_ARCH, SMILE_SQUINT, SMILE_WIDEN
-from datamodules.synthfaces.sampling import IdentityTraits, ImageTraits
+from facebench.datamodules.synthfaces.priors import BROW_ARCH, SMILE_SQUINT, SMILE_WIDEN
+from facebench.datamodules.synthfaces.sampling import IdentityTraits, ImageTraits
 
 #: The canonical face frame (x right, y down; a face is ~1.7 units wide).
 JAW_CENTER_Y = -0.15

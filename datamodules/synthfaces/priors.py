@@ -6,7 +6,7 @@ RNG streams.  How the tables are used: ``datamodules/synthfaces/sampling.py``.
 
 from __future__ import annotations
 
-from datamodules.celeba import CELEBA_ATTRIBUTES
+from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
 
 # ---------------------------------------------------------------------------------------------
 # Label set

@@ -12,15 +12,15 @@ from typing import Mapping
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from datamodules.synthfaces.config import SynthFacesConfig
-from datamodules.synthfaces.draw import Painter, draw_person
-from datamodules.synthfaces.geometry import (
+from facebench.datamodules.synthfaces.config import SynthFacesConfig
+from facebench.datamodules.synthfaces.draw import Painter, draw_person
+from facebench.datamodules.synthfaces.geometry import (
     VIEW_SPAN, FaceGeometry, apply_transform, face_box_points, face_geometry, landmarks5_from_68, view_transform,
 )
-from datamodules.synthfaces.priors import (
+from facebench.datamodules.synthfaces.priors import (
     BLUR_RADIUS_RANGE, CLUTTER_SHAPES, NOISE_SIGMA_MAX, STREAM_NOISE, STREAM_WILD, WILD_FACE_FRACTION,
 )
-from datamodules.synthfaces.sampling import IdentityTraits, ImageTraits, sample_identity, sample_image, visible_labels
+from facebench.datamodules.synthfaces.sampling import IdentityTraits, ImageTraits, sample_identity, sample_image, visible_labels
 
 
 def render_clutter(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generator, n_shapes: int) -> None:

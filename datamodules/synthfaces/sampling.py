@@ -43,8 +43,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from datamodules.synthfaces.config import SynthFacesConfig
-from datamodules.synthfaces.priors import (
+from facebench.datamodules.synthfaces.config import SynthFacesConfig
+from facebench.datamodules.synthfaces.priors import (
     ACCESSORY_RGB, ARCHED_EYEBROWS, ATTRIBUTE_NAMES, BAD_RATER_ERROR, BLUR_RADIUS_RANGE, BRIGHTNESS_RANGE,
     BROW_RAISE, BROW_THICKNESS, CHUBBY_WIDTH, CONTRAST_RANGE, EYE_HEIGHT, EYE_SPACING, EYE_WIDTH, EYESHADOW_RGB,
     FACE_SHAPES, FACIAL_HAIR_STYLES, GLASSES_RGB, GRADIENT_MAX, HABIT_PERSISTENCE, HABIT_TRAITS, HAIR_COLOUR_PRIORS,

@@ -38,11 +38,11 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from datamodules.core.tasks import age_bins
-from datamodules.fer import FER2013_EMOTIONS, FERPLUS_EMOTIONS, FERPLUS_VOTE_COLUMNS
-from datamodules.synthfaces.config import SynthFacesData
-from datamodules.synthfaces.generate import identity_split
-from datamodules.utkface import AGE_BINS
+from facebench.core.tasks import age_bins
+from facebench.datamodules.fer import FER2013_EMOTIONS, FERPLUS_EMOTIONS, FERPLUS_VOTE_COLUMNS
+from facebench.datamodules.synthfaces.config import SynthFacesData
+from facebench.datamodules.synthfaces.generate import identity_split
+from facebench.datamodules.utkface import AGE_BINS
 
 SYNTH_STREAM = 4242          # seeds of the derivations below: [config.seed, SYNTH_STREAM, purpose]
 P_UNKNOWN, P_NOT_A_FACE = 0.03, 0.01

@@ -62,17 +62,17 @@ IoU; pure tensor code), ``identity_losses`` (sec. 4), ``cascade`` (the stages' s
 (``anet-attribute-groups``, ``lnet-localization``) are in ``benchmarks/analyses/lnets_anet.py``.
 """
 
-from lightning_modules.lnets_anet.anet_stages import (VIEW_NAMES, ANetAttributeStage, ANetIdentityStage, ANetStage,
+from facebench.lightning_modules.lnets_anet.anet_stages import (VIEW_NAMES, ANetAttributeStage, ANetIdentityStage, ANetStage,
                                                       LNetsANetClassifier, split_identities, subset_batch)
-from lightning_modules.lnets_anet.cascade import CascadeStage
-from lightning_modules.lnets_anet.identity_losses import identity_retrieval, identity_softmax_loss, similarity_loss
-from lightning_modules.lnets_anet.lnet_stages import (LNetOStage, LNetPlusStage, LNetSStage, LNetTrainingStage,
+from facebench.lightning_modules.lnets_anet.cascade import CascadeStage
+from facebench.lightning_modules.lnets_anet.identity_losses import identity_retrieval, identity_softmax_loss, similarity_loss
+from facebench.lightning_modules.lnets_anet.lnet_stages import (LNetOStage, LNetPlusStage, LNetSStage, LNetTrainingStage,
                                                       clutter_canvases)
-from lightning_modules.lnets_anet.localization import (COVERAGE_THRESHOLD, FACE_SCALE_GRID, IOU_THRESHOLDS, DensityPeaks,
+from facebench.lightning_modules.lnets_anet.localization import (COVERAGE_THRESHOLD, FACE_SCALE_GRID, IOU_THRESHOLDS, DensityPeaks,
                                                        LocalizationConfig, box_iou_xywh, calibrate_scale, crop_boxes,
                                                        densest_region, density_peaks, localization_rows, region_box,
                                                        region_moments_box, resize_square, scale_boxes)
-from lightning_modules.lnets_anet.networks import (TORCHVISION_ALEXNET_CONVS, ANet, ANetConfig, LNet, LNetConfig,
+from facebench.lightning_modules.lnets_anet.networks import (TORCHVISION_ALEXNET_CONVS, ANet, ANetConfig, LNet, LNetConfig,
                                                    load_pretrained_convs)
 
 __all__ = [

@@ -15,13 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from datamodules.core.config import config_from_value
-from lightning_modules.closed_form import ClosedFormTask
-from lightning_modules.lnets_anet.cascade import CascadeStage, plain_config, read_checkpoint
-from lightning_modules.lnets_anet.identity_losses import identity_retrieval, identity_softmax_loss, similarity_loss
-from lightning_modules.lnets_anet.localization import crop_boxes, resize_square, scale_boxes
-from lightning_modules.lnets_anet.networks import ANet, ANetConfig
-from lightning_modules.registry import register_method
+from facebench.core.config import config_from_value
+from facebench.lightning_modules.closed_form import ClosedFormTask
+from facebench.lightning_modules.lnets_anet.cascade import CascadeStage, plain_config, read_checkpoint
+from facebench.lightning_modules.lnets_anet.identity_losses import identity_retrieval, identity_softmax_loss, similarity_loss
+from facebench.lightning_modules.lnets_anet.localization import crop_boxes, resize_square, scale_boxes
+from facebench.lightning_modules.lnets_anet.networks import ANet, ANetConfig
+from facebench.lightning_modules.registry import register_method
 
 #: Dense-evaluation views of the multi-view features (sec. 3.2).
 VIEW_NAMES: tuple[str, ...] = ("center", "top_left", "top_right", "bottom_left", "bottom_right", "peak")
@@ -252,7 +252,7 @@ class LNetsANetClassifier(ClosedFormTask, ANetStage):
     ``logistic_regression``; regularisation ``classifier_c``, one value or a list chosen per attribute
     by identity-grouped cross-validation) is fitted with scikit-learn on the
     training images of the held-out classifier identities, within one training epoch
-    (:class:`~lightning_modules.closed_form.ClosedFormTask`). The
+    (:class:`~facebench.lightning_modules.closed_form.ClosedFormTask`). The
     coefficients (features standardised, folded into the weights) are buffers, so the checkpoint
     holds the whole predictor. Probabilities are the sigmoid of the decision values.
     """

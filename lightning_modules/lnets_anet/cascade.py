@@ -12,13 +12,13 @@ import pandas as pd
 import torch
 from torch import nn
 
-from datamodules.core.config import config_from_value
-from lightning_modules.base import FaceAttributeTask
-from lightning_modules.lnets_anet.localization import (LocalizationConfig, calibrate_scale, crop_boxes, densest_region,
+from facebench.core.config import config_from_value
+from facebench.lightning_modules.base import FaceAttributeTask
+from facebench.lightning_modules.lnets_anet.localization import (LocalizationConfig, calibrate_scale, crop_boxes, densest_region,
                                                        localization_rows, region_box, region_moments_box, resize_square,
                                                        scale_boxes)
-from lightning_modules.lnets_anet.networks import LNet, LNetConfig
-from lightning_modules.metrics import evaluate
+from facebench.lightning_modules.lnets_anet.networks import LNet, LNetConfig
+from facebench.lightning_modules.metrics import evaluate
 
 
 def plain_config(cfg: Any) -> dict[str, Any]:

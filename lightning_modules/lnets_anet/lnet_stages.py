@@ -14,19 +14,19 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.lnets_anet.cascade import CascadeStage, read_checkpoint
-from lightning_modules.lnets_anet.localization import resize_square
-from lightning_modules.lnets_anet.networks import LNet, load_pretrained_convs
-from lightning_modules.metrics import evaluate
-from lightning_modules.registry import register_method
+from facebench.lightning_modules.lnets_anet.cascade import CascadeStage, read_checkpoint
+from facebench.lightning_modules.lnets_anet.localization import resize_square
+from facebench.lightning_modules.lnets_anet.networks import LNet, load_pretrained_convs
+from facebench.lightning_modules.metrics import evaluate
+from facebench.lightning_modules.registry import register_method
 
 
 def clutter_canvases(n: int, size: int, seed: int) -> torch.Tensor:
     """``uint8 [n, 3, size, size]`` images of SynthFaces' background alone (no person): a flat colour
-    and random shapes drawn by the generator's clutter routine (``datamodules.synthfaces.render_clutter``),
+    and random shapes drawn by the generator's clutter routine (``facebench.datamodules.synthfaces.render_clutter``),
     as many shapes per area as its canvases, 2x supersampled, Gaussian blur of the generator's radius
     range (scaled by ``sqrt(size / 64)``) and sensor noise. Deterministic in ``seed``."""
-    from datamodules.synthfaces import clutter_canvas
+    from facebench.datamodules.synthfaces import clutter_canvas
 
     rng = np.random.default_rng([int(seed), 0x10E7])
     out = np.stack([clutter_canvas(size, rng) for _ in range(n)]) if n else np.empty((0, size, size, 3), np.uint8)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lightning_modules.local_conv import LocallySharedConv2d
+from facebench.lightning_modules.local_conv import LocallySharedConv2d
 
 
 @dataclass

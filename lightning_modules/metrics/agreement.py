@@ -1,7 +1,7 @@
 """Rater agreement as torchmetrics ``Metric`` objects: :class:`FleissKappa` and
 :class:`RaterAgreement` (the leave-one-rater-out human ceiling, with a model scored against the
 same targets). Their states are sums only (``dist_reduce_fx="sum"``), so they are exact under DDP;
-the formulas, conventions and tie handling are those of :mod:`datamodules.core.agreement`.
+the formulas, conventions and tie handling are those of :mod:`facebench.core.agreement`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from datamodules.core.agreement import MIN_RATINGS, kappa_from_sums, kappa_sums, loo_from_sums, loo_sums
+from facebench.core.agreement import MIN_RATINGS, kappa_from_sums, kappa_sums, loo_from_sums, loo_sums
 
 
 class _SummedStatistics(Metric):
@@ -58,7 +58,7 @@ class FleissKappa(_SummedStatistics):
 class RaterAgreement(_SummedStatistics):
     """Human ceiling and model accuracy against the leave-one-rater-out majority, accumulated from
     ``update(counts [B, C], predictions [B])``; ``compute()`` returns
-    :func:`~datamodules.core.agreement.loo_from_sums`'s dict."""
+    :func:`~facebench.core.agreement.loo_from_sums`'s dict."""
 
     STATES = {"votes": True, "target_mass": True, "rater_hits": True, "model_hits": True}
 

@@ -1,8 +1,8 @@
-"""Pure metric functions over a :class:`~datamodules.core.tasks.TaskSpec` (torchmetrics'
+"""Pure metric functions over a :class:`~facebench.core.tasks.TaskSpec` (torchmetrics'
 ``functional`` style): metric-name conventions, Cohen's kappa of a confusion matrix, ordinal bin
 centres, the summary of a metrics table, decision-threshold tuning and reading votes / ages from a
 predictions record. The rater-agreement functions (Fleiss' kappa, the human ceiling) are in
-:mod:`datamodules.core.agreement`, where the datamodules' ``describe`` can use them too.
+:mod:`facebench.core.agreement`, where the datamodules' ``describe`` can use them too.
 
 Decision thresholds: ``threshold`` (default 0.5) gives the plain names; :func:`tune_thresholds`
 picks per binary column the threshold that maximises **balanced accuracy** on a split (the
@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from datamodules.core.tasks import Target, TaskSpec
+from facebench.core.tasks import Target, TaskSpec
 
 COLUMNS = ["target", "class", "metric", "value"]
 

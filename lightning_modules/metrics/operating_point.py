@@ -9,7 +9,7 @@ import torch
 from torchmetrics.classification import MulticlassSensitivityAtSpecificity, MultilabelSensitivityAtSpecificity
 from torchmetrics.utilities import dim_zero_cat
 
-from lightning_modules.metrics.functional import nan_divide
+from facebench.lightning_modules.metrics.functional import nan_divide
 
 
 class _OperatingPointMixin:

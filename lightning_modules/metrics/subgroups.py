@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torchmetrics import Metric
 
-from datamodules.core.tasks import TaskSpec
+from facebench.core.tasks import TaskSpec
 
 AGGREGATES = ("worst_group_accuracy", "accuracy_gap", "equal_opportunity_difference")
 

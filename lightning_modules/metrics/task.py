@@ -1,10 +1,10 @@
-"""Per-target metrics of a :class:`~datamodules.core.tasks.TaskSpec`, built from torchmetrics so that
+"""Per-target metrics of a :class:`~facebench.core.tasks.TaskSpec`, built from torchmetrics so that
 every state is reduced correctly under DDP.
 
 :class:`TaskMetrics` updates from ``(probabilities, labels[, votes, ages])`` in the task's layouts
 and computes a long table of ``(target, class, metric, value)`` records; :func:`evaluate` does the
 same from saved predictions (the result records), so a report never needs the model. Decision
-thresholds and their tuning: :mod:`lightning_modules.metrics.functional`.
+thresholds and their tuning: :mod:`facebench.lightning_modules.metrics.functional`.
 
 Metric names (``class`` is ``""`` for a target-level value, else a class name):
 
@@ -37,7 +37,7 @@ Metric names (``class`` is ``""`` for a target-level value, else a class name):
   majority of the other raters) and ``model_accuracy_loo`` (the model against the same
   targets); per class ``rater_recall_loo`` / ``model_recall_loo``. Cohen's kappa of the model
   against the label (for voted datasets the majority label) is ``cohen_kappa`` above. See
-  :mod:`datamodules.core.agreement` for the definitions and tie handling. The vote table is used
+  :mod:`facebench.core.agreement` for the definitions and tie handling. The vote table is used
   as the raters filled it in, over all of ``Target.vote_columns`` (FER+: the 8 emotions, unknown
   and not-a-face); the model's vote goes to its predicted class, so where the other raters'
   majority is "unknown" the model cannot agree (FER+ gives such images no label).
@@ -58,12 +58,12 @@ from torchmetrics.classification import (BinaryCalibrationError, MulticlassAUROC
                                          MulticlassConfusionMatrix, MultilabelAUROC, MultilabelAveragePrecision,
                                          MultilabelStatScores)
 
-from datamodules.core.tasks import Target, TaskSpec
-from lightning_modules.metrics.agreement import FleissKappa, RaterAgreement
-from lightning_modules.metrics.functional import (COLUMNS, bin_centres, kappa_from_confusion, nan_divide,
+from facebench.core.tasks import Target, TaskSpec
+from facebench.lightning_modules.metrics.agreement import FleissKappa, RaterAgreement
+from facebench.lightning_modules.metrics.functional import (COLUMNS, bin_centres, kappa_from_confusion, nan_divide,
                                                   summarize)
-from lightning_modules.metrics.operating_point import MulticlassOperatingPoint, MultilabelOperatingPoint
-from lightning_modules.metrics.target_keys import TargetModuleDict
+from facebench.lightning_modules.metrics.operating_point import MulticlassOperatingPoint, MultilabelOperatingPoint
+from facebench.lightning_modules.metrics.target_keys import TargetModuleDict
 
 MISSING = -1
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.weighting.base import GradientWeighting, gram, register_weighting
+from facebench.lightning_modules.weighting.base import GradientWeighting, gram, register_weighting
 
 
 def imtl_weights(m: torch.Tensor) -> torch.Tensor:

@@ -10,7 +10,7 @@ in checkpoints and optimised by the method's optimiser; running state lives in b
   share, ``G [K, P]``, and returns the combined shared gradient ``[P]`` and the weights ``[K]``
   that the task-specific parameters' losses get (``pcgrad``, ``mgda``, ``cagrad``, ``imtl``,
   ``nash_mtl``, ``aligned_mtl``). How the combination reaches the optimiser (and DDP) is
-  :mod:`lightning_modules.weighting.objective`.
+  :mod:`facebench.lightning_modules.weighting.objective`.
 
 Scale. Every weighting is expressed on the scale of the *mean* task loss, the base task's loss
 (equal weights sum to 1), so that one learning rate serves every weighting: a paper whose weights
@@ -31,12 +31,12 @@ from typing import Any, Callable, ClassVar, Sequence
 import torch
 from torch import nn
 
-from datamodules.core.config import check_options, constructor_options
-from datamodules.core.registry import Registry
+from facebench.core.config import check_options, constructor_options
+from facebench.core.registry import Registry
 
 
 def _load_all() -> None:
-    from lightning_modules.weighting import balance, conflict, loss_based, pareto  # noqa: F401
+    from facebench.lightning_modules.weighting import balance, conflict, loss_based, pareto  # noqa: F401
 
 
 WEIGHTINGS: Registry[type["Weighting"]] = Registry("weighting", loader=_load_all, name_attribute="weighting_name")

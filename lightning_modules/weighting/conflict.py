@@ -3,7 +3,7 @@
 
 Both change the *shared* parameters' update only: a task-specific parameter's gradient involves its
 own task alone, so it has nothing to conflict with, and its loss keeps the weight of the average
-(``1/K``, the mean-loss scale of :mod:`lightning_modules.weighting.base`).
+(``1/K``, the mean-loss scale of :mod:`facebench.lightning_modules.weighting.base`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from lightning_modules.weighting.base import GradientWeighting, gram, register_weighting, run_generator
+from facebench.lightning_modules.weighting.base import GradientWeighting, gram, register_weighting, run_generator
 
 
 def project_conflicting(grads: torch.Tensor, generator: torch.Generator) -> torch.Tensor:

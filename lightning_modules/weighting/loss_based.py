@@ -3,7 +3,7 @@
 ``equal`` (the mean: the base task's loss and the default), ``uncertainty`` (Kendall et al. 2018),
 ``dwa`` (Liu et al. 2019), ``rlw`` (Lin et al. 2022), ``famo`` (Liu et al. 2023) and ``gradnorm``
 (Chen et al. 2018; a loss weighting fitted on gradient norms of the last shared layer). All are on
-the scale of the mean task loss (:mod:`lightning_modules.weighting.base`).
+the scale of the mean task loss (:mod:`facebench.lightning_modules.weighting.base`).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from lightning_modules.weighting.base import LossWeighting, StepContext, ddp_mean, register_weighting, run_generator
+from facebench.lightning_modules.weighting.base import LossWeighting, StepContext, ddp_mean, register_weighting, run_generator
 
 
 @register_weighting("equal")

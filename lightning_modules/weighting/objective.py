@@ -7,12 +7,12 @@ task, and how a weighting's combination reaches the optimiser (DDP included).
   method's ``task_groups()``: MCNN's Table 1 groups, else each ``Target.group``); a mapping names
   the targets of each task. Every target belongs to exactly one task; a task's loss is the mean of
   its targets' losses.
-* ``weighting``: a name of :data:`~lightning_modules.weighting.base.WEIGHTINGS` (default ``equal``);
+* ``weighting``: a name of :data:`~facebench.lightning_modules.weighting.base.WEIGHTINGS` (default ``equal``);
   the other keys are its constructor's arguments.
 
 Gradient weightings and automatic optimisation. The per-task gradients on the shared parameters
 are taken in the training step with ``torch.autograd.grad(..., retain_graph=True)`` and averaged
-over DDP ranks (:func:`~lightning_modules.weighting.base.ddp_mean`; DDP's reducer does not see
+over DDP ranks (:func:`~facebench.lightning_modules.weighting.base.ddp_mean`; DDP's reducer does not see
 ``autograd.grad``), then combined into the shared gradient ``s [P]`` and head weights ``w [K]``. The
 step returns
 
@@ -43,8 +43,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import nn
 
-from datamodules.core.tasks import TaskSpec
-from lightning_modules.weighting.base import StepContext, Weighting, create_weighting, ddp_mean
+from facebench.core.tasks import TaskSpec
+from facebench.lightning_modules.weighting.base import StepContext, Weighting, create_weighting, ddp_mean
 
 
 def resolve_tasks(task: TaskSpec, tasks: Any, groups: Callable[[], dict[str, Sequence[str]]]) -> dict[str, list[int]]:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from lightning_modules.weighting.base import GradientWeighting, gram, min_norm_two, register_weighting
+from facebench.lightning_modules.weighting.base import GradientWeighting, gram, min_norm_two, register_weighting
 
 
 def min_norm_weights(m: torch.Tensor, max_iter: int = 250, tol: float = 1e-7) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """Agreement between raters, and between a model and raters, from per-class vote counts: the
 pure functions (torchmetrics' ``functional`` style) behind the rater-agreement metrics
-(:mod:`lightning_modules.metrics.agreement`), ``facebench inspect`` and
+(:mod:`facebench.lightning_modules.metrics.agreement`), ``facebench inspect`` and
 ``facebench analyze rater-agreement``.
 
 Everything here reads a vote table ``counts`` ``[N subjects, C classes]``: how many raters put
