@@ -1,4 +1,5 @@
-"""Tests of the identity-pretrained branching network (lightning_modules/branching.py)."""
+"""Tests of the identity-pretrained branching network (lightning_modules/branching.py, branching_networks.py,
+face_verification.py) and its analyses (benchmarks/analyses/branching.py)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ import yaml
 
 from facebench.core.tasks import Target, TaskSpec
 from facebench.benchmarks.analyses import run_analysis
-from facebench.benchmarks.analyses.branching import (apply_operating_point, read_lfw_pairs, select_branches, select_operating_point,
-                                           sweep_records)
-from facebench.lightning_modules.branching import (AssembledBranchingNet, BranchingFineTuneTask, BranchingIdentityTask,
-                                         FaceIdentityNetwork, VerificationPairs, generate_pairs, verification_accuracy)
+from facebench.benchmarks.analyses.branching import (AssembledBranchingNet, apply_operating_point, read_lfw_pairs,
+                                                     select_branches, select_operating_point, sweep_records)
+from facebench.lightning_modules.branching import BranchingFineTuneTask, BranchingIdentityTask
+from facebench.lightning_modules.branching_networks import FaceIdentityNetwork
+from facebench.lightning_modules.face_verification import VerificationPairs, generate_pairs, verification_accuracy
 from facebench.lightning_modules.registry import create_method
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

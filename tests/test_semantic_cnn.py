@@ -17,9 +17,9 @@ from facebench.core.tasks import TaskSpec, Target
 from facebench.benchmarks.analyses import run_analysis
 from facebench.benchmarks.analyses.semantic_cnn import filter_similarity, first_layer_filters
 from facebench.lightning_modules.registry import create_method
-from facebench.lightning_modules.semantic_cnn import (LocalContrastNorm, PCAShapeModel, PixelStandardize, SemanticCNN,
-                                            SemanticFeaturesCNN, SemanticShapeCNN, class_indicators, fit_shape_model,
-                                            gaussian_window, shape_metrics)
+from facebench.lightning_modules.semantic_cnn import SemanticFeaturesCNN, SemanticShapeCNN, class_indicators
+from facebench.lightning_modules.semantic_cnn_networks import LocalContrastNorm, PixelStandardize, SemanticCNN, gaussian_window
+from facebench.lightning_modules.shape_model import PCAShapeModel, fit_shape_model, shape_metrics
 
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 CELEBA = DATA / "celeba_subset"

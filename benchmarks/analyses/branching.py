@@ -4,7 +4,7 @@
 
 * ``branch-selection``: reads a depth sweep's run records (``grid: {branch_from: [...]}``), prints
   the Fig. 3 grid, picks the best depth per target and can assemble the chosen branches into one
-  :class:`~facebench.lightning_modules.branching.AssembledBranchingNet` (Fig. 1);
+  :class:`AssembledBranchingNet` (Fig. 1);
 * ``face-verification``: 320-d features, cosine similarity, 10-fold threshold selection (sec. 4.2;
   LFW ``pairs.txt`` when present, otherwise balanced pairs generated from identities);
 * ``operating-point``: the multi-target ethnicity operating point (sec. 4.7): per-class
@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import warnings
 from pathlib import Path
@@ -23,18 +24,19 @@ import numpy as np
 import pandas as pd
 import torch
 import yaml
+from torch import nn
 
 from facebench.benchmarks.analyses import register_analysis
 from facebench.benchmarks.overrides import parse_sets
 from facebench.benchmarks.records import finished_run_dirs, load_predictions
-from facebench.benchmarks.worker import STATUS
+from facebench.benchmarks.run_folder import STATUS
 from facebench.datamodules.base import create_datamodule
 from facebench.core.io import read_json, write_csv, write_json
 from facebench.core.tasks import TaskSpec
 from facebench.datamodules.formats import DatasetFormatError
-from facebench.lightning_modules.branching import (BOTTLENECK, PAPER_BRANCH_POINTS, AssembledBranchingNet, BranchingFineTuneTask,
-                                         BranchingIdentityTask, VerificationPairs, generate_pairs,
-                                         load_branching_checkpoint, verification_accuracy)
+from facebench.lightning_modules.branching import BranchingFineTuneTask, BranchingIdentityTask
+from facebench.lightning_modules.branching_networks import BOTTLENECK, PAPER_BRANCH_POINTS
+from facebench.lightning_modules.face_verification import VerificationPairs, generate_pairs, verification_accuracy
 from facebench.lightning_modules.metrics import LOWER_IS_BETTER, MultilabelOperatingPoint
 
 
@@ -96,6 +98,77 @@ def select_branches(records: pd.DataFrame, metric: str = "accuracy", split: str 
         best = np.flatnonzero(score == np.nanmax(score))
         table.loc[g.index[best[-1]], "chosen"] = True
     return table.drop(columns="depth").rename(columns={"value": metric})
+
+
+def load_branching_checkpoint(path: str | Path) -> BranchingIdentityTask | BranchingFineTuneTask:
+    """A ``branching`` or ``branching_identity`` model from its Lightning checkpoint (eval mode)."""
+    ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+    hp = ckpt.get("hyper_parameters") if isinstance(ckpt, dict) else None
+    if not hp or "state_dict" not in ckpt:
+        raise ValueError(f"{path}: not a Lightning checkpoint of a branching method (no hyper_parameters / state_dict)")
+    cls = BranchingIdentityTask if hp.get("identity_ids") else BranchingFineTuneTask
+    model = cls.load_from_checkpoint(str(path), map_location="cpu", init_checkpoint=None)
+    return model.eval()
+
+
+class AssembledBranchingNet(nn.Module):
+    """Several fine-tuned branches as one module (Fig. 1): the frozen trunk runs once per image up
+    to the deepest branch point, every branch continues from its own depth.
+
+    Args:
+        branches: fine-tuned :class:`BranchingFineTuneTask` models of one identity network.
+        targets: per branch, the target names it answers (default: all of its task's targets).
+
+    ``forward(image)`` returns logits in the layout of :attr:`task` (the chosen targets in order).
+    """
+
+    def __init__(self, branches: Sequence[BranchingFineTuneTask], targets: Sequence[Sequence[str] | None] | None = None):
+        super().__init__()
+        if not branches:
+            raise ValueError("AssembledBranchingNet needs at least one branch")
+        targets = list(targets) if targets is not None else [None] * len(branches)
+        points = [b.branch_index for b in branches]
+        deepest = branches[int(np.argmax(points))]
+        self.trunk = copy.deepcopy(deepest.net)
+        self.trunk.keep_steps(0, max(points))
+        trunk_state = self.trunk.state_dict()
+        self.points: list[int] = []
+        self.heads = nn.ModuleList()
+        chosen, columns = [], []
+        for b, names in zip(branches, targets):
+            for key, value in b.net.state_dict().items():
+                step = key.split(".")[1]
+                if b.net.step_names.index(step) < b.branch_index and not torch.equal(trunk_state[key], value):
+                    raise ValueError(f"branch from {b.branch_from} has other frozen weights than the trunk ({key}): "
+                                     f"the branches were not fine-tuned from the same identity network")
+            head = copy.deepcopy(b.net)
+            head.keep_steps(b.branch_index)
+            self.heads.append(head)
+            self.points.append(b.branch_index)
+            names = list(names) if names is not None else list(b.task.names)
+            cols = [c for n in names for c in range(b.task.logit_slices[b.task.names.index(n)].start,
+                                                    b.task.logit_slices[b.task.names.index(n)].stop)]
+            chosen += [b.task.target(n) for n in names]
+            columns.append(cols)
+        self.columns = columns
+        self.task = TaskSpec(tuple(chosen), name="assembled")
+        self.branch_names = [b.branch_from for b in branches]
+
+    @classmethod
+    def from_checkpoints(cls, specs: Sequence[tuple[str | Path, Sequence[str] | None]]) -> "AssembledBranchingNet":
+        models = [load_branching_checkpoint(p) for p, _ in specs]
+        for (p, _), m in zip(specs, models):
+            if not isinstance(m, BranchingFineTuneTask):
+                raise ValueError(f"{p}: a branching_identity checkpoint, not a fine-tuned branch")
+        return cls(models, [t for _, t in specs])  # type: ignore[arg-type]
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        states, state, pos = {}, image, 0
+        for p in sorted(set(self.points)):
+            state = self.trunk.run(state, pos, p)
+            states[p], pos = state, p
+        outs = [head.run(states[p], p)[:, cols] for head, p, cols in zip(self.heads, self.points, self.columns)]
+        return torch.cat(outs, dim=1)
 
 
 @register_analysis("branch-selection")
