@@ -73,6 +73,8 @@ class FaceAttributeTask(L.LightningModule):
     """
 
     method_name: ClassVar[str] = ""
+    #: The paper the method comes from, as ``facebench list methods`` shows it ("none: ..." for baselines).
+    paper: ClassVar[str] = ""
     task_kinds: ClassVar[frozenset[str]] = frozenset({"binary"})
     input_size: ClassVar[int] = 64
     input_channels: ClassVar[int] = 3

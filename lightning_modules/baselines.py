@@ -21,6 +21,7 @@ class MajorityBaseline(ClosedFormTask):
     (summed across DDP ranks), nothing is optimised.
     """
 
+    paper = 'none: the majority-class baseline (the "Baseline" column of Hand & Chellappa, AAAI 2017, Tables 2-3)'
     task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
 
     def configure_models(self) -> None:
@@ -88,6 +89,7 @@ class TimmBaseline(FaceAttributeTask):
     models, which take no such argument, are created without it.
     """
 
+    paper = "none: a modern baseline on timm backbones (PyTorch Image Models)"
     task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
 
     def __init__(self, task: Any, *, backbone: str = "resnet18", pretrained: bool = False,

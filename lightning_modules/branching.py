@@ -58,6 +58,7 @@ class _BranchingBase(FaceAttributeTask):
     :mod:`facebench.lightning_modules.branching_networks`): ``stem_channels``, ``stages`` (``[[width, modules, stride], ...]`` for stages b-f),
     ``bottleneck_dim``, ``init_std``."""
 
+    paper = 'Baumgartner & Culpepper, "Deep Architectures for Face Attributes" (Flickr / Yahoo), 2016'
     input_size = 224
     task_kinds = frozenset(TARGET_KINDS)
     #: sec. 4.1: SGD, momentum 0.9, learning rate 0.1 divided by 4 every 10,000 mini-batches of 400.

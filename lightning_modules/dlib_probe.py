@@ -179,6 +179,8 @@ class DlibEmbeddingProbe(ClosedFormTask):
         cache_dir: descriptor cache folder; workers: processes computing missing descriptors.
     """
 
+    paper = ("none: a probe of dlib's face-recognition embedding (the question of Baumgartner & Culpepper "
+             "2016, sec. 1, 4.3)")
     task_kinds = frozenset(TARGET_KINDS)
     input_size = 64          # the loaders' tensors are not used: the descriptor reads the original image
 

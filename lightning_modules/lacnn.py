@@ -230,6 +230,7 @@ class LACNNBaseline(FaceAttributeTask):
     epochs; Caffe's own solver uses a fixed step instead (see the module docstring).
     """
 
+    paper = "the Face Attributes Dataset (FAD) paper (papers/lacnn_landmark_augmented_cnn_FAD.txt)"
     task_kinds = frozenset({"binary", "multiclass", "ordinal", "multilabel"})
     input_size = 150
     input_channels = 3

@@ -264,6 +264,8 @@ class MCNNFamily(FaceAttributeTask):
             ``input_size`` crop (Caffe's 256/227); ``random_crop``: random position in training.
     """
 
+    paper = ('Hand & Chellappa, "Attributes for Improved Attributes: A Multi-Task Network Utilizing '
+             'Implicit and Explicit Relationships for Facial Attribute Classification", AAAI 2017')
     task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
     input_size = 227
     default_optimizer = {"name": "SGD", "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4}

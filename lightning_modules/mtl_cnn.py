@@ -76,6 +76,8 @@ class MultiTaskCNN(FaceAttributeTask):
             groups for CelebA, else each ``Target.group``).
     """
 
+    paper = ("the CelebA-40 multi-task protocol of Sener & Koltun (NeurIPS 2018) as FAMO runs it (Liu et "
+             "al., NeurIPS 2023)")
     task_kinds = frozenset({"binary", "multiclass", "multilabel", "ordinal"})
     input_size = 64
     default_optimizer = {"name": "Adam", "lr": 3e-4}

@@ -105,6 +105,8 @@ class SemanticFeaturesCNN(FaceAttributeTask):
     ``per_task_networks`` is for a handful of targets, not 40.
     """
 
+    paper = ('"Recognizing semantic features in faces using deep learning" '
+             "(papers/semantic_facial_features_fer_vv.txt)")
     task_kinds = ALL_TARGET_KINDS
     input_size = 48
     input_channels = 1

@@ -53,6 +53,7 @@ class CascadeStage(FaceAttributeTask):
             and on the validation split only. The factor is reported as ``face_box/face_scale``.
     """
 
+    paper = 'Liu, Luo, Wang & Tang, "Deep Learning Face Attributes in the Wild", ICCV 2015'
     task_kinds = frozenset({"binary"})
     input_size = 227
     #: Config arguments inherited from the earlier stage's checkpoint when not given.
