@@ -34,7 +34,7 @@ from facebench.datamodules.cache import StoredGeometry, StoredImages
 from facebench.datamodules.dataset import FaceDataset, crop_boxes
 from facebench.datamodules.formats import DatasetFormatError, unique_rows
 from facebench.datamodules.image_files import check_image_file
-from facebench.datamodules.sampling import EpochShardSampler
+from facebench.datamodules.epoch_sampler import EpochShardSampler
 from facebench.datamodules.splits import SplitConfig, assign_splits, split_indices, strata_of
 from facebench.core.tasks import TaskSpec
 from facebench.datamodules.table import SampleTable

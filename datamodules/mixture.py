@@ -40,7 +40,7 @@ Suite configuration::
   member ``m`` getting its share ``w_m`` (largest remainders); within a member the images come
   from a stream of seeded permutations continued across epochs (every image once before any
   twice). The order depends on (seed, epoch) only and is sharded over DDP ranks by
-  :class:`~facebench.datamodules.sampling.EpochShardSampler`'s own ``__iter__``.
+  :class:`~facebench.datamodules.epoch_sampler.EpochShardSampler`'s own ``__iter__``.
 * **Evaluation and tracing**: validation / test are the members' splits concatenated (the
   member order). The combined :class:`~facebench.datamodules.table.SampleTable` names each row
   ``<member>:<member path>`` (the records' ``ids``) and holds ``extra["member"]`` and
@@ -64,8 +64,8 @@ from facebench.datamodules.base import SPLITS, FaceDataModule, create_datamodule
 from facebench.core.config import check_options, constructor_options
 from facebench.core.tasks import MISSING, Target, TaskSpec
 from facebench.datamodules.dataset import FaceDataset
-from facebench.datamodules import sampling as epoch_sampling
-from facebench.datamodules.sampling import EpochShardSampler
+from facebench.datamodules import epoch_sampler
+from facebench.datamodules.epoch_sampler import EpochShardSampler
 from facebench.datamodules.table import SampleTable
 from facebench.datamodules.transforms import FaceTransform
 
@@ -195,7 +195,7 @@ class MixtureSampler(EpochShardSampler):
         return np.random.default_rng([self.seed, self.epoch, 1_000_003]).permutation(picks).tolist()
 
     def __len__(self) -> int:
-        _, world = epoch_sampling._rank_world()   # as EpochShardSampler shards (DDP)
+        _, world = epoch_sampler._rank_world()   # as EpochShardSampler shards (DDP)
         return -(-self.epoch_size // world)
 
 

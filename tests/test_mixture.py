@@ -189,7 +189,7 @@ def test_member_streams_cover_every_image_before_repeating():
 
 
 def test_ddp_ranks_get_disjoint_shards(monkeypatch):
-    import facebench.datamodules.sampling as sampling
+    import facebench.datamodules.epoch_sampler as epoch_sampler
 
     sampler = MixtureSampler([60, 40, 30], [1, 1, 1], 90, seed=2, encode_epoch=False)
     sampler.set_epoch(0)       # 30 draws per member: no member's stream wraps within this epoch
@@ -197,7 +197,7 @@ def test_ddp_ranks_get_disjoint_shards(monkeypatch):
     assert len(set(full)) == 90
     shards = []
     for rank in (0, 1):
-        monkeypatch.setattr(sampling, "_rank_world", lambda rank=rank: (rank, 2))
+        monkeypatch.setattr(epoch_sampler, "_rank_world", lambda rank=rank: (rank, 2))
         assert len(sampler) == 45
         shards.append(list(sampler))
     assert len(shards[0]) == len(shards[1]) == 45

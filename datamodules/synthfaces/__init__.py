@@ -25,7 +25,7 @@ from facebench.datamodules.synthfaces.priors import (
     NOT_RENDERED, RATER_ERROR, SYNTHFACES_VERSION, TARGET_PREVALENCE,
 )
 from facebench.datamodules.synthfaces.render import clutter_canvas, render_clutter, render_single
-from facebench.datamodules.synthfaces.sampling import rater_error_rates
+from facebench.datamodules.synthfaces.generative_model import rater_error_rates
 from facebench.datamodules.synthfaces.writers import WRITERS, atomic_output, write_celeba
 
 __all__ = [

@@ -12,7 +12,7 @@ from facebench.datamodules.synthfaces.priors import ATTRIBUTE_NAMES, WILD_CANVAS
 
 @dataclass(frozen=True)
 class SynthFacesConfig:
-    """What to generate; the model is described in ``datamodules/synthfaces/sampling.py``."""
+    """What to generate; the model is described in ``datamodules/synthfaces/generative_model.py``."""
 
     n_identities: int = 100
     images_per_identity: int = 10

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw
 from facebench.datamodules.synthfaces.geometry import (
     EYE_Y, FOREHEAD_HEIGHT, HAIR_END_Y, HAIRLINE_Y, JAW_CENTER_Y, NECK_BASE_Y, FaceGeometry,
 )
-from facebench.datamodules.synthfaces.sampling import IdentityTraits, ImageTraits
+from facebench.datamodules.synthfaces.generative_model import IdentityTraits, ImageTraits
 
 #: Rendering colours and stroke sizes (canonical units).
 TEETH_RGB = (242, 240, 230)

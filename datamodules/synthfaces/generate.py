@@ -23,7 +23,7 @@ from facebench.datamodules.synthfaces.config import SynthFacesConfig, SynthFaces
 from facebench.datamodules.synthfaces.geometry import landmarks5_from_68
 from facebench.datamodules.synthfaces.priors import ATTRIBUTE_NAMES, STREAM_SPLIT
 from facebench.datamodules.synthfaces.render import render_one
-from facebench.datamodules.synthfaces.sampling import IdentityTraits, bad_rater_columns, sample_identity, simulate_raters
+from facebench.datamodules.synthfaces.generative_model import IdentityTraits, bad_rater_columns, sample_identity, simulate_raters
 
 #: Images per chunk of work (min, max).
 CHUNK_RANGE = (16, 256)

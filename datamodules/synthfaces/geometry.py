@@ -22,7 +22,7 @@ from typing import Callable
 import numpy as np
 
 from facebench.datamodules.synthfaces.priors import BROW_ARCH, SMILE_SQUINT, SMILE_WIDEN
-from facebench.datamodules.synthfaces.sampling import IdentityTraits, ImageTraits
+from facebench.datamodules.synthfaces.generative_model import IdentityTraits, ImageTraits
 
 #: The canonical face frame (x right, y down; a face is ~1.7 units wide).
 JAW_CENTER_Y = -0.15

@@ -1,7 +1,7 @@
 """The tables of the SynthFaces generative model (data only): the label set, the attribute priors
 per (sex, age) cell, nuisance ranges, the simulated raters' error rates, the appearance tables
 (colours, face shapes, trait-controlled shape ranges) that sampling draws from, and the ids of the
-RNG streams.  How the tables are used: ``datamodules/synthfaces/sampling.py``.
+RNG streams.  How the tables are used: ``datamodules/synthfaces/generative_model.py``.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ from facebench.datamodules.synthfaces.geometry import (
 from facebench.datamodules.synthfaces.priors import (
     BLUR_RADIUS_RANGE, CLUTTER_SHAPES, NOISE_SIGMA_MAX, STREAM_NOISE, STREAM_WILD, WILD_FACE_FRACTION,
 )
-from facebench.datamodules.synthfaces.sampling import IdentityTraits, ImageTraits, sample_identity, sample_image, visible_labels
+from facebench.datamodules.synthfaces.generative_model import IdentityTraits, ImageTraits, sample_identity, sample_image, visible_labels
 
 
 def render_clutter(draw: ImageDraw.ImageDraw, size: int, rng: np.random.Generator, n_shapes: int) -> None:

@@ -1,9 +1,9 @@
-"""A sampler whose order depends only on (seed, epoch) and that shards itself across DDP ranks.
+"""The data loaders' sampler: an order that depends only on (seed, epoch), sharded across DDP ranks.
 
 Resuming a killed run must give the same result as an uninterrupted one, so nothing in the data
 pipeline may depend on the global RNG state: the shuffle comes from (seed, epoch) and each
 training sample's augmentation from (seed, epoch, index). The sampler passes the epoch to the
-dataset by yielding ``epoch * len(dataset) + index``; :class:`~facebench.datamodules.base.FaceDataset`
+dataset by yielding ``epoch * len(dataset) + index``; :class:`~facebench.datamodules.dataset.FaceDataset`
 decodes it. Lightning calls :meth:`set_epoch` on it every epoch; the Trainer runs with
 ``use_distributed_sampler=False`` because this sampler shards itself (rank ``r`` of ``w`` takes
 every ``w``-th item of the padded order, like ``DistributedSampler``).

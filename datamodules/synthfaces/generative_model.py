@@ -1,5 +1,7 @@
-"""Sampling of SynthFaces: identity traits, image traits given the identity, the visible labels,
-and the simulated raters' votes (the tables are in ``datamodules/synthfaces/priors.py``).
+"""The generative model of SynthFaces: sampling of identity traits, image traits given the
+identity, the visible labels, and the simulated raters' votes (the tables are in
+``datamodules/synthfaces/priors.py``). Not to be confused with
+:mod:`facebench.datamodules.epoch_sampler`, the data loaders' sampler.
 
 Generative model
 ----------------
