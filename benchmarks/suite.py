@@ -7,6 +7,7 @@ Schema (every key is checked; an unknown key names itself and the allowed ones):
     name: quick                      # results go to results/<name>/ unless results_dir is given
     description: ...
     seeds: [0, 1, 2]
+    plugins: [mymethods]             # your modules, imported first (they register methods); see README
     trainer: {max_epochs: 5, accelerator: auto, devices: 1, precision: 32-true, ...}  # lightning.Trainer kwargs
     early_stopping: {monitor: val/loss, mode: min, patience: 5}   # optional, per method too
     logging: {wandb: {enabled: true, mode: offline, project: facebench, tags: [...]}}
@@ -15,10 +16,14 @@ Schema (every key is checked; an unknown key names itself and the allowed ones):
     methods:
       resnet18: {method: timm, args: {backbone: resnet18}, trainer: {...}, datamodule_args: {...}}
       mcnn_aux: {method: mcnn_aux, init_from: mcnn}             # a later stage of the 'mcnn' run
+      mine: {method: mymethods.tinycnn:TinyCNN}                  # an import path (or an entry point name)
       sem: {method: semantic_cnn, grid: {depth: [1, 2, 3]}}      # -> sem[depth=1], sem[depth=2], ...
     matrix:
       exclude: [{method: "sem*", dataset: celeba}]               # fnmatch patterns
     multitask: {baseline: single_task, metrics: [f1, accuracy]}  # report only: Δm% vs that method key
+
+Before anything runs, the keys, the trainer arguments, the early-stopping values, the ``timm``
+backbones and every method's and dataset's arguments are checked (:mod:`facebench.benchmarks.suite_checks`).
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ from typing import Any
 import yaml
 
 from facebench.benchmarks.provenance import config_hash
+from facebench.benchmarks.suite_checks import check_early_stopping, check_method_arguments, check_trainer, load_plugins
 from facebench.core.paths import results_root as default_results_root
+from facebench.core.plugins import plugins_from_env
 
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 
 SUITE_KEYS = {"name", "description", "results_dir", "seeds", "trainer", "early_stopping", "logging", "datasets",
-              "methods", "matrix", "evaluation", "multitask"}
+              "methods", "matrix", "evaluation", "multitask", "plugins"}
 DATASET_KEYS = {"datamodule", "args", "description", "subgroups", "target_subsets"}
 METHOD_KEYS = {"method", "args", "trainer", "datamodule_args", "init_from", "grid", "datasets", "description",
                "early_stopping", "report", "reported"}
@@ -83,7 +90,8 @@ class RunSpec:
 
     @property
     def config_hash(self) -> str:
-        return config_hash({k: v for k, v in self.config.items() if k not in ("results_dir", "run_dir")})
+        # ``plugins`` only says where method code comes from: adding one leaves every other run's hash as it was
+        return config_hash({k: v for k, v in self.config.items() if k not in ("results_dir", "run_dir", "plugins")})
 
 
 @dataclass
@@ -154,6 +162,8 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
     if checkpoint not in EVALUATION_CHECKPOINTS:
         raise SuiteConfigError(f"{source}: evaluation.checkpoint is {checkpoint!r}; expected one of {', '.join(EVALUATION_CHECKPOINTS)}")
     _check_keys("multitask", raw.get("multitask"), MULTITASK_KEYS, source)
+    check_trainer("trainer", raw.get("trainer"), source, overrides)
+    check_early_stopping("early_stopping", raw.get("early_stopping"), source)
     name = raw.get("name") or path.stem
     datasets, methods = raw.get("datasets") or {}, raw.get("methods") or {}
     if not datasets or not methods:
@@ -165,6 +175,8 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
     for mk, mv in methods.items():
         _check_keys(f"methods.{mk}", mv, METHOD_KEYS, source)
         _check_keys(f"methods.{mk}.early_stopping", mv.get("early_stopping"), EARLY_STOPPING_KEYS, source)
+        check_early_stopping(f"methods.{mk}.early_stopping", mv.get("early_stopping"), source)
+        check_trainer(f"methods.{mk}.trainer", mv.get("trainer"), source, overrides)
         if "method" not in mv:
             raise SuiteConfigError(f"{source}: methods.{mk} needs 'method' (a registered method name)")
         if mv.get("init_from") and mv["init_from"] not in methods:
@@ -176,6 +188,8 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
             if d not in datasets:
                 raise SuiteConfigError(f"{source}: methods.{mk}.datasets names {d!r}; allowed: {', '.join(datasets)}")
     _check_multitask(raw.get("multitask"), methods, source)
+    check_method_arguments(methods, source, overrides)   # e.g. timm backbones, before the slow imports below
+    plugins = list(dict.fromkeys(load_plugins(raw.get("plugins"), source) + load_plugins(plugins_from_env(), "--plugins")))
     _check_registered(datasets, methods, source)
     seeds = raw.get("seeds", [0])
     if not isinstance(seeds, list) or not all(isinstance(s, int) for s in seeds):
@@ -225,6 +239,8 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
                         "init_from": f"{parent}--{dk}--s{seed}" if parent else None,
                         "report": mv.get("report", True),
                     }
+                    if plugins:   # the worker imports them before it looks the method up
+                        cfg["plugins"] = plugins
                     suite.runs.append(RunSpec(run_id, variant, dk, seed, cfg, cfg["init_from"], chain=f"{root_of(mk)}--{dk}--s{seed}"))
     ids = {r.run_id for r in suite.runs}
     for r in suite.runs:
