@@ -16,9 +16,10 @@ from __future__ import annotations
 import dataclasses
 import os
 import warnings
+from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import Any, ClassVar, Iterator, Sequence
 
 import lightning as L
 import numpy as np
@@ -37,9 +38,9 @@ from facebench.datamodules.image_files import check_image_file
 from facebench.datamodules.epoch_sampler import EpochShardSampler
 from facebench.datamodules.splits import SplitConfig, assign_splits, split_indices, strata_of
 from facebench.core.tasks import TaskSpec
-from facebench.datamodules.table import SampleTable
+from facebench.datamodules.table import DatasetFiles, SampleTable
 from facebench.datamodules.transforms import FaceTransform, TransformConfig
-from facebench.datamodules.wild import WildConfig, aligned_source, apply_wild
+from facebench.datamodules.wild import WildConfig, apply_wild
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
 #: TransformConfig fields of a method's defaults that frame or normalise the image rather than augment it:
@@ -193,7 +194,7 @@ class FaceDataModule(L.LightningDataModule):
         if self.tables:
             return
         self.report.setdefault("skipped", [])
-        with aligned_source(self):
+        with self._aligned_source():
             task, tables = self.load_tables()
         tables = self.apply_split(task, tables)
         if self.attributes:
@@ -209,7 +210,8 @@ class FaceDataModule(L.LightningDataModule):
                 tab.soft_labels = {k: v for k, v in tab.soft_labels.items() if k in keep}
             task = task.subset(keep)
         if self.dedupe:
-            tables = duplicates.drop_duplicates(self, tables)
+            tables, self.report["dedupe"] = duplicates.drop_duplicates(tables, self.dedupe, self.files,
+                                                                       self.near_duplicates)
         if self.max_samples:
             for split, tab in list(tables.items()):
                 cap = self.max_samples.get(split) if isinstance(self.max_samples, dict) else self.max_samples
@@ -221,12 +223,37 @@ class FaceDataModule(L.LightningDataModule):
         if self.landmark_provider:
             from facebench.datamodules.landmarks import fill_landmarks
 
-            fill_landmarks(self, self.landmark_provider)
-        apply_wild(self)
+            self.report["landmarks"] = fill_landmarks(self.tables, self.files, self.landmark_provider)
+        if self.wild_wanted():
+            self.report["wild"] = apply_wild(self.tables, self.files, self.wild_cfg)
         if self.preprocess_cfg.geometric:
             from facebench.datamodules.preprocess import compute_alignment
 
-            compute_alignment(self)
+            self.report["preprocess"] = compute_alignment(self.tables, self.files, self.preprocess_cfg)
+
+    @property
+    def files(self) -> DatasetFiles:
+        """The dataset's name, absolute root and cache folder: what the table helpers need."""
+        return DatasetFiles(self.registered_name, (self.root or Path(".")).absolute(), self.cache_dir)
+
+    def wild_wanted(self) -> bool:
+        """Whether setup composites the images onto canvases: ``wild`` is set and ``in_the_wild``
+        (when the dataset has that flag) is true (see :mod:`facebench.datamodules.wild`)."""
+        return self.wild_cfg is not None and bool(getattr(self, "in_the_wild", True))
+
+    @contextmanager
+    def _aligned_source(self) -> Iterator[None]:
+        """While loading the tables of a ``wild`` dataset with an ``in_the_wild`` flag, read its
+        aligned images (the canvases stand in for its own in-the-wild photos)."""
+        flag = getattr(self, "in_the_wild", None)
+        if not (flag and self.wild_cfg is not None):
+            yield
+            return
+        self.in_the_wild = False
+        try:
+            yield
+        finally:
+            self.in_the_wild = flag
 
     # -- splits, verification ------------------------------------------------------------------------
     def apply_split(self, task: TaskSpec, tables: dict[str, SampleTable]) -> dict[str, SampleTable]:
@@ -268,7 +295,9 @@ class FaceDataModule(L.LightningDataModule):
             ids = np.asarray(table.identities, dtype=np.int64)
             groups = np.where(ids >= 0, ids, ids.max(initial=0) + 1 + np.arange(len(ids)))
         if cfg.by_duplicates:   # duplicate images join their groups: components of "same identity or duplicate"
-            groups = duplicates.split_components(self, table, groups)
+            groups, n_duplicate_groups = duplicates.split_components(table, groups, self.files, self.near_duplicates)
+            if n_duplicate_groups:
+                self.report["split_duplicate_groups"] = self.report.get("split_duplicate_groups", 0) + n_duplicate_groups
         seed = self.seed if cfg.seed is None else int(cfg.seed)
         return assign_splits(len(table), fractions, seed, strata=strata, groups=groups)
 

@@ -22,15 +22,12 @@ from __future__ import annotations
 import hashlib
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import cv2
 import numpy as np
 
-from facebench.datamodules.table import SampleTable
-
-if TYPE_CHECKING:
-    from facebench.datamodules.base import FaceDataModule
+from facebench.datamodules.table import DatasetFiles, SampleTable
 
 HASH_SIDE = 8          # difference hash: (HASH_SIDE + 1) x HASH_SIDE thumbnail -> 64 bits
 _PAIR_BLOCK = 1 << 24  # hash comparisons per block of near_pairs (memory bound)
@@ -214,37 +211,39 @@ def check_options(duplicate_rows: str, dedupe: dict[str, str] | None,
             None if near_duplicates is None else int(near_duplicates))
 
 
-def drop_duplicates(dm: "FaceDataModule", tables: dict[str, SampleTable]) -> dict[str, SampleTable]:
-    """``dedupe``: drop the items of ``dm.dedupe``'s splits whose image duplicates a training image;
-    counts and (up to 100) items in ``dm.report["dedupe"][split]``."""
+def drop_duplicates(tables: dict[str, SampleTable], splits: Iterable[str], files: DatasetFiles,
+                    near: int | None = None) -> tuple[dict[str, SampleTable], dict[str, Any]]:
+    """``dedupe``: drop the items of ``splits`` (``val`` / ``test``) whose image duplicates a
+    training image. Returns the new tables and, per split, the count and (up to 100) items dropped
+    (the datamodule's ``report["dedupe"]``)."""
     if "train" not in tables:
-        raise ValueError(f"{dm.registered_name}: dedupe needs a train split; splits: {', '.join(tables)}")
-    wanted = {s: tables[s] for s in ("train", *dm.dedupe) if s in tables}
-    drop: dict[str, set[int]] = {s: set() for s in dm.dedupe if s in tables}
-    for group in split_groups(wanted, dm.root, dm.cache_dir, dm.near_duplicates):
+        raise ValueError(f"{files.name}: dedupe needs a train split; splits: {', '.join(tables)}")
+    splits = list(splits)
+    wanted = {s: tables[s] for s in ("train", *splits) if s in tables}
+    drop: dict[str, set[int]] = {s: set() for s in splits if s in tables}
+    for group in split_groups(wanted, files.root, files.cache_dir, near):
         if any(s == "train" for s, _ in group):
             for s, i in group:
                 if s in drop:
                     drop[s].add(i)
-    out = dict(tables)
-    report = dm.report.setdefault("dedupe", {})
+    out, report = dict(tables), {}
     for s, idx in drop.items():
         report[s] = {"dropped": len(idx), "items": [tables[s].paths[i] for i in sorted(idx)][:100]}
         if idx:
             out[s] = tables[s].take(np.setdiff1d(np.arange(len(tables[s])), sorted(idx)))
-    return out
+    return out, report
 
 
-def split_components(dm: "FaceDataModule", table: SampleTable, groups: np.ndarray | None) -> np.ndarray | None:
+def split_components(table: SampleTable, groups: np.ndarray | None, files: DatasetFiles,
+                     near: int | None = None) -> tuple[np.ndarray | None, int]:
     """The groups a derived split assigns whole: ``groups`` (identities, or ``None``) joined by the
     duplicate images of ``table`` (connected components); ``groups`` itself when there are none.
-    The number of duplicate groups is added to ``dm.report["split_duplicate_groups"]``."""
-    dups = duplicate_groups(table, dm.root, dm.cache_dir, dm.near_duplicates)
+    Also returns the number of groups of duplicate images (``report["split_duplicate_groups"]``)."""
+    dups = duplicate_groups(table, files.root, files.cache_dir, near)
     if not dups:
-        return groups
+        return groups, 0
     same: list[np.ndarray] = []
     if groups is not None:   # index lists of the given groups
         order = np.argsort(groups, kind="stable")
         same = np.split(order, np.flatnonzero(np.diff(np.asarray(groups)[order])) + 1)
-    dm.report["split_duplicate_groups"] = dm.report.get("split_duplicate_groups", 0) + len(dups)
-    return components(len(table), same + dups)
+    return components(len(table), same + dups), len(dups)

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from facebench.datamodules.preprocess import FileCache, table_keys
+from facebench.datamodules.table import DatasetFiles, SampleTable
 
 
 def dlib_model_path(name: str = "shape_predictor_68_face_landmarks.dat") -> Path:
@@ -157,13 +158,13 @@ def create_landmark_provider(spec: str | dict[str, Any]) -> LandmarkProvider:
         raise ValueError(f"landmark_provider {name}: {exc}") from None
 
 
-def fill_landmarks(dm: Any, spec: str | dict[str, Any]) -> None:
-    """Set ``landmarks`` of every table of ``dm`` from the provider ``spec`` (report in ``dm.report``)."""
+def fill_landmarks(tables: dict[str, SampleTable], files: DatasetFiles, spec: str | dict[str, Any]) -> dict[str, Any]:
+    """Set ``landmarks`` of every table from the provider ``spec``; returns the provider's name and
+    counts (the datamodule's ``report["landmarks"]``)."""
     provider = create_landmark_provider(spec)
-    root = (dm.root or Path(".")).absolute()
     totals: dict[str, int] = {}
-    for tab in dm.tables.values():
-        tab.landmarks, stats = provider.landmarks(tab, root, dm.cache_dir)
+    for tab in tables.values():
+        tab.landmarks, stats = provider.landmarks(tab, files.root, files.cache_dir)
         for k, v in stats.items():
             totals[k] = totals.get(k, 0) + v
-    dm.report["landmarks"] = {"provider": provider.name, **totals}
+    return {"provider": provider.name, **totals}

@@ -7,7 +7,7 @@ Datamodule argument (YAML)::
 
 * ``face_detector: haar``: Viola-Jones face detection (OpenCV's ``haarcascade_frontalface_default``
   from ``cv2.data.haarcascades``); the network sees the largest detected face scaled by
-  ``face_margin`` (the whole image when no face is found, counted in ``dm.report``). Semantic-features
+  ``face_margin`` (the whole image when no face is found, counted in the datamodule's ``report``). Semantic-features
   paper sec. 3.3, "Face Location Normalization", first bullet.
 * ``align: haar_eyes | landmarks``: in-plane rotation that makes the line between the eye centres
   horizontal (eyes from OpenCV's ``haarcascade_eye`` inside the upper half of the face, or from the
@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from facebench.core.config import config_from_value
+from facebench.datamodules.table import DatasetFiles, SampleTable
 
 #: Eye-contour indices of the iBUG 68-point scheme (image-left eye first when the face is upright).
 EYE_68 = (tuple(range(36, 42)), tuple(range(42, 48)))
@@ -368,20 +369,20 @@ def table_image(table: Any, keys: list[str], i: int) -> np.ndarray:
     return table.arrays[i] if table.arrays is not None else load_image(keys[i])
 
 
-def compute_alignment(dm: Any) -> None:
-    """Fill ``extra["align_box"]`` / ``extra["align_angle"]`` of every table of ``dm`` from its
-    :class:`PreprocessConfig` (face detection and eye positions are cached per image)."""
+def compute_alignment(tables: dict[str, SampleTable], files: DatasetFiles, cfg: PreprocessConfig) -> dict[str, int]:
+    """Fill ``extra["align_box"]`` / ``extra["align_angle"]`` of every table from ``cfg`` (face
+    detection and eye positions are cached per image); returns the counts of images, faces and
+    eyes not found (the datamodule's ``report["preprocess"]``)."""
     from PIL import Image
 
     from facebench.datamodules.formats import DatasetFormatError
 
-    cfg: PreprocessConfig = dm.preprocess_cfg
-    root = (dm.root or Path(".")).absolute()
+    root = files.root
     detect = cfg.face_detector == "haar" or cfg.align == "haar_eyes"
     counts = {"images": 0, "faces_not_found": 0, "eyes_not_found": 0}
 
-    with FileCache(dm.cache_dir, "detect-" + cfg.detection_key()) as cache:
-        for tab in dm.tables.values():
+    with FileCache(files.cache_dir, "detect-" + cfg.detection_key()) as cache:
+        for tab in tables.values():
             keys = table_keys(tab, root)
 
             def run(i: int, tab: Any = tab, keys: list[str] = keys) -> dict[str, Any]:
@@ -403,7 +404,7 @@ def compute_alignment(dm: Any) -> None:
                         found.append({"shape": im.size[::-1], "face": None, "eyes": None})
             if cfg.align == "landmarks":
                 if tab.landmarks is None:
-                    raise ValueError(f"{dm.registered_name}: preprocess.align 'landmarks' needs landmarks; this dataset has "
+                    raise ValueError(f"{files.name}: preprocess.align 'landmarks' needs landmarks; this dataset has "
                                      f"no landmark files: set landmark_provider: dlib68")
                 for f, lm in zip(found, tab.landmarks):
                     f["eyes"] = eyes_from_landmarks(lm)
@@ -418,4 +419,4 @@ def compute_alignment(dm: Any) -> None:
                 counts["eyes_not_found"] += int(cfg.align is not None and f["eyes"] is None)
                 boxes[i], angles[i] = alignment(tuple(f["shape"]), f["face"] if cfg.face_detector else None, f["eyes"], cfg)
             tab.extra["align_box"], tab.extra["align_angle"] = boxes, angles
-    dm.report["preprocess"] = counts
+    return counts

@@ -1,9 +1,12 @@
 """The samples of one split as aligned arrays (:class:`SampleTable`): what every dataset parser
-returns and every ``Dataset`` reads."""
+returns and every ``Dataset`` reads; and where a dataset's files are (:class:`DatasetFiles`), what
+the helpers that process tables (landmarks, alignment, wild canvases, duplicates) need of it."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Sequence
 
 import numpy as np
@@ -11,6 +14,17 @@ import numpy as np
 
 #: ``SampleTable.extra`` key of the source image paths when ``paths`` point at derived images (wild canvases).
 SOURCE_PATH = "source_path"
+
+
+@dataclass(frozen=True)
+class DatasetFiles:
+    """Where a dataset's tables point: ``name`` (its registered name, for messages and cache
+    folders), ``root`` (the absolute folder that table paths are relative to) and ``cache_dir``
+    (where per-image results are cached; ``None``: ``$FACEBENCH_CACHE`` or ``~/.cache/facebench``)."""
+
+    name: str
+    root: Path
+    cache_dir: str | os.PathLike | None = None
 
 
 @dataclass

@@ -58,10 +58,9 @@ import hashlib
 import io
 import math
 import os
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import cv2
 import numpy as np
@@ -69,7 +68,7 @@ from PIL import Image
 
 from facebench.core.config import config_from_value
 from facebench.core.io import atomic_write
-from facebench.datamodules.table import SOURCE_PATH
+from facebench.datamodules.table import SOURCE_PATH, DatasetFiles, SampleTable
 
 #: Bump when the pixels or the placement of a canvas change for the same settings.
 WILD_VERSION = 1
@@ -251,28 +250,8 @@ def source_face_boxes(sizes: np.ndarray, landmarks: np.ndarray | None, cfg: Wild
 
 
 # ------------------------------------------------------------------------------------------------
-# the datamodule side
+# the tables' side (the datamodule decides when: FaceDataModule.setup)
 # ------------------------------------------------------------------------------------------------
-def wild_wanted(dm: Any) -> bool:
-    """Whether ``dm`` composites its images: ``wild`` is set and ``in_the_wild`` (when it has one) is true."""
-    return getattr(dm, "wild_cfg", None) is not None and bool(getattr(dm, "in_the_wild", True))
-
-
-@contextmanager
-def aligned_source(dm: Any) -> Iterator[None]:
-    """While loading the tables of a ``wild`` dataset with an ``in_the_wild`` flag, read its aligned
-    images (the canvases stand in for its own in-the-wild photos)."""
-    flag = getattr(dm, "in_the_wild", None)
-    if not (flag and getattr(dm, "wild_cfg", None) is not None):
-        yield
-        return
-    dm.in_the_wild = False
-    try:
-        yield
-    finally:
-        dm.in_the_wild = flag
-
-
 def wild_folder(cache_dir: str | os.PathLike | None, dataset: str, cfg: WildConfig) -> Path:
     from facebench.datamodules.preprocess import default_cache_dir
 
@@ -292,17 +271,15 @@ def _write_png(path: Path, canvas: np.ndarray) -> None:
     atomic_write(path, lambda f: f.write(buf.getvalue()))
 
 
-def apply_wild(dm: Any) -> None:
-    """Replace every table of ``dm`` by its composited canvases (when :func:`wild_wanted`); counts in ``report["wild"]``."""
-    if not wild_wanted(dm):
-        return
+def apply_wild(tables: dict[str, SampleTable], files: DatasetFiles, cfg: WildConfig) -> dict[str, Any]:
+    """Replace every table's images by their composited canvases (in place); returns the cache
+    folder, the canvases written / reused and the face-box mode per split (``report["wild"]``)."""
     from facebench.datamodules.image_files import load_image
 
-    cfg: WildConfig = dm.wild_cfg
-    root = (dm.root or Path(".")).absolute()
-    folder = wild_folder(dm.cache_dir, dm.registered_name, cfg)
+    root = files.root
+    folder = wild_folder(files.cache_dir, files.name, cfg)
     stats = {"folder": str(folder), "written": 0, "reused": 0, "face_box": {}}
-    for split, tab in dm.tables.items():
+    for split, tab in tables.items():
         if not len(tab):
             continue
         in_memory = tab.arrays is not None
@@ -332,4 +309,4 @@ def apply_wild(dm: Any) -> None:
         tab.boxes = np.stack([pl.box for pl in placements]).astype(np.float32)
         if tab.landmarks is not None:
             tab.landmarks = np.stack([pl.map_points(lm) for lm, pl in zip(tab.landmarks, placements)]).astype(np.float32)
-    dm.report["wild"] = stats
+    return stats

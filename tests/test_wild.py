@@ -204,8 +204,7 @@ def test_in_memory_arrays_are_composited(synth_celeba):
     dm = _dm(synth_celeba, wild=None, in_the_wild=False)
     tab = dm.tables["val"]
     tab.arrays = np.stack([load_image(synth_celeba / p) for p in tab.paths])
-    dm.wild_cfg, dm.in_the_wild = WildConfig.from_value(WILD), True
-    apply_wild(dm)
+    apply_wild(dm.tables, dm.files, WildConfig.from_value(WILD))
     assert tab.arrays.shape == (len(tab), 64, 64, 3) and tab.boxes.shape == (len(tab), 4)
     files = _dm(synth_celeba).tables["val"]
     np.testing.assert_array_equal(tab.arrays[0], load_image(files.paths[0]))
