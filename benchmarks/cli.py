@@ -34,7 +34,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     os.environ[STRICT_DATA_ENV] = "1" if args.strict else "0"   # the workers inherit it
     try:
         outcomes = run_suite(args.suite, only=args.only, shard=args.shard, force=args.force, results_root=args.results,
-                             overrides=parse_sets(args.set), in_process=args.in_process)
+                             overrides=parse_sets(args.set), in_process=args.in_process, allow_dirty=args.allow_dirty)
     finally:
         if before is None:
             os.environ.pop(STRICT_DATA_ENV, None)
@@ -123,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", help="results root (default: results/)")
     r.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override suite keys, e.g. trainer.devices=2")
     r.add_argument("--in-process", action="store_true", help="run in this process (debugging)")
+    r.add_argument("--allow-dirty", action="store_true",
+                   help="write into the source checkout's results/ although the code has uncommitted changes "
+                        "(the rows then carry the commit with +dirty)")
     r.add_argument("--strict", action="store_true",
                    help="refuse to run on data whose duplicate images span splits (see facebench inspect)")
     r.add_argument("-v", "--verbose", action="store_true",

@@ -40,11 +40,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import yaml
 
 from facebench.core.paths import results_root as default_results_root
 from facebench.benchmarks.stats import seed_summary
-from facebench.benchmarks.suite import SUITES_DIR
+from facebench.benchmarks.run_folder import read_suite_snapshot, suite_notes
 from facebench.benchmarks.tables import load_reported
 from facebench.core.io import read_json, write_csv, write_text
 
@@ -60,16 +59,6 @@ SUBGROUP_AGGREGATES = ("worst_group_accuracy", "equal_opportunity_difference")
 MULTITASK_COLUMNS = ("delta_m_pct", "delta_m_ci95", "mean_rank")
 #: Training images of the full datasets the papers report on (official training splits).
 FULL_TRAINING_IMAGES: dict[str, int] = {"celeba": 162_770, "lfwa": 6_263, "ferplus": 28_558, "fer2013": 28_709}
-
-
-def suite_notes(suite_name: str) -> dict[str, Any]:
-    """Method and dataset descriptions, ``reported`` links and the ``multitask`` settings of a suite
-    file (empty if absent)."""
-    path = SUITES_DIR / f"{suite_name}.yaml"
-    if not path.is_file():
-        return {"methods": {}, "datasets": {}, "multitask": {}}
-    raw = yaml.safe_load(path.read_text()) or {}
-    return {"methods": raw.get("methods") or {}, "datasets": raw.get("datasets") or {}, "multitask": raw.get("multitask") or {}}
 
 
 def _target_rows(board: pd.DataFrame) -> pd.DataFrame:
@@ -136,7 +125,7 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     board = pd.read_csv(suite_dir / "leaderboard.csv", keep_default_na=False, na_values=["nan", "NaN", ""])
     info = read_json(suite_dir / "leaderboard_info.json", {}) or {}
     suite = info.get("suite") or suite_dir.name
-    notes = suite_notes(suite)
+    notes = suite_notes(suite_dir)
     rows = []
     subgroup_means = subgroup_columns(suite_dir)
     multitask = multitask_columns(suite_dir)
@@ -216,6 +205,9 @@ def build_cross_suite(results_root: str | Path | None = None, reported_path: str
     reported = load_reported(reported_path) if reported_path else load_reported()
     rows: list[dict[str, Any]] = []
     for suite_dir in sorted(p.parent for p in root.glob("*/leaderboard.csv")):
+        if read_suite_snapshot(suite_dir, "overrides"):   # a suite changed with --set: an experiment, not the suite
+            print(f"[facebench] {suite_dir.name}: left out of the cross-suite leaderboard (run with --set overrides)")
+            continue
         rows += suite_rows(suite_dir, reported)
     if not rows:
         return pd.DataFrame()

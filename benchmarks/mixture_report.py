@@ -125,8 +125,8 @@ def write_mixture(board: pd.DataFrame, results_dir: Path, datasets: dict[str, An
             write_text(results_dir / "mixture.md", mixture_markdown(table))]
 
 
-def write_suite_mixture(board: pd.DataFrame, results_dir: Path, suite_name: str) -> list[Path]:
-    """:func:`write_mixture` with the datasets of the suite file ``suite_name``."""
-    from facebench.benchmarks.leaderboard import suite_notes
+def write_suite_mixture(board: pd.DataFrame, results_dir: Path) -> list[Path]:
+    """:func:`write_mixture` with the datasets of the suite that produced ``results_dir``."""
+    from facebench.benchmarks.run_folder import suite_notes
 
-    return write_mixture(board, results_dir, suite_notes(suite_name)["datasets"])
+    return write_mixture(board, results_dir, suite_notes(results_dir)["datasets"])

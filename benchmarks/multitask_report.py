@@ -149,8 +149,8 @@ def write_multitask(board: pd.DataFrame, results_dir: Path, settings: dict[str, 
             write_text(results_dir / "multitask.md", multitask_markdown(table, significance, baseline, metrics, n_boot))]
 
 
-def write_suite_multitask(board: pd.DataFrame, results_dir: Path, suite_name: str) -> list[Path]:
-    """:func:`write_multitask` with the ``multitask`` mapping of the suite file ``suite_name``."""
-    from facebench.benchmarks.leaderboard import suite_notes
+def write_suite_multitask(board: pd.DataFrame, results_dir: Path) -> list[Path]:
+    """:func:`write_multitask` with the ``multitask`` mapping of the suite that produced ``results_dir``."""
+    from facebench.benchmarks.run_folder import suite_notes
 
-    return write_multitask(board, results_dir, suite_notes(suite_name).get("multitask"))
+    return write_multitask(board, results_dir, suite_notes(results_dir).get("multitask"))

@@ -17,8 +17,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-import yaml
 
+from facebench.benchmarks.records import probability_columns
+from facebench.benchmarks.run_folder import RunFolder
 from facebench.core.io import write_csv
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
@@ -41,23 +42,13 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
     from facebench.lightning_modules.registry import get_method_class
 
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
-    ckpt = run_dir / "checkpoints" / "best.ckpt"
-    if not ckpt.is_file():
-        ckpt = run_dir / "checkpoints" / "last.ckpt"
-    if not ckpt.is_file():
-        raise FileNotFoundError(f"{run_dir}: no checkpoint (is the run finished?)")
+    folder = RunFolder(run_dir)
+    cfg = folder.config()
+    ckpt = folder.trained_checkpoint()
     cls = get_method_class(cfg["method"]["name"])
     model = cls.load_from_checkpoint(str(ckpt), map_location="cpu", init_checkpoint=None)
     model.eval()
     return model, cfg
-
-
-def column_names(task) -> list[str]:
-    cols = []
-    for t in task.targets:
-        cols += [t.name] if t.kind == "binary" else [f"{t.name}/{c}" for c in t.classes]
-    return cols
 
 
 def predict(run_dir: Path, images: Sequence[str], detect: bool = False, batch_size: int = 64) -> pd.DataFrame:
@@ -99,7 +90,7 @@ def predict(run_dir: Path, images: Sequence[str], detect: bool = False, batch_si
         if len(batch) >= batch_size:
             flush()
     flush()
-    df = pd.DataFrame(np.asarray(rows), columns=column_names(model.task))
+    df = pd.DataFrame(np.asarray(rows), columns=probability_columns(model.task))
     df.insert(0, "image", [str(f) for f in files])
     return df
 

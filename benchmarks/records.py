@@ -14,10 +14,24 @@
   data's doubts (``facebench inspect``'s counts, put in ``dm.report["checks"]`` by the worker:
   skipped files, duplicate-image groups across splits, repeated / conflicting label rows, items
   ``dedupe`` dropped) are columns ``data_<count>`` of every row, and so of the leaderboard.
+
+What stays in the results folder for git (the run folders are not committed):
+
+* ``records/<run_id>.json``: the committed record of a finished run: the exact ``facebench run``
+  command, the resolved config, config hash, code hash, git commit, package versions, machine,
+  timings and the test summary (:func:`write_committed_record`);
+* ``records/<run_id>.test.csv.gz``: its test predictions, compact: the sample ids and one column per
+  probability column of the task (``<target>``, or ``<target>/<class>``) as the shortest decimal
+  that reads back to the same float16 (gzip without a time stamp: the same predictions give the
+  same bytes). Labels are not kept: they are the dataset's own content (research-only licences),
+  so recomputing image-level statistics from these files reads the labels from the dataset
+  (:func:`committed_run_records`).
 """
 
 from __future__ import annotations
 
+import gzip
+import io
 import json
 import math
 from dataclasses import dataclass
@@ -27,11 +41,23 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from facebench.core.io import write_csv, write_npz, write_text
-from facebench.benchmarks.provenance import provenance
+from facebench.benchmarks.provenance import machine, package_versions, provenance
+from facebench.benchmarks.run_folder import RECORDS, RunFolder, finished_run_dirs
+from facebench.core.io import atomic_write, read_json, write_csv, write_json, write_npz, write_text
 from facebench.core.tasks import TaskSpec
 
 ID_COLUMNS = ["suite", "run_id", "method", "method_name", "dataset", "datamodule", "split", "seed"]
+#: Columns of a run's rows that describe the run (settings, cost, provenance), not a metric: with
+#: ``version_*`` (package versions) and ``data_*`` (the data's doubts), see :func:`is_run_column`.
+RUN_COLUMNS = frozenset(ID_COLUMNS + [
+    "n_samples", "input_size", "input_channels", "n_targets", "params", "trainable_params", "flops_per_image",
+    "train_images_per_s", "train_time_s", "eval_time_s", "wall_time_s", "epochs", "train_samples",
+    "thresholds_tuned_on", "threshold_criterion", "config_hash", "code_hash", "git_commit"])
+
+
+def is_run_column(name: str) -> bool:
+    """Whether a leaderboard column describes the run rather than being a metric."""
+    return name in RUN_COLUMNS or name.startswith(("version_", "data_"))
 TUNE_SPLIT = "val"
 THRESHOLD_CRITERION = "balanced_accuracy"
 
@@ -53,23 +79,6 @@ class RunRecord:
     seed: int
     task: TaskSpec
     predictions: dict[str, np.ndarray]
-
-
-def finished_run_dirs(results_dir: str | Path) -> list[Path]:
-    """Run folders under ``results_dir`` (searched recursively) whose status is ``done``. A run id
-    (the folder's name: method, dataset, seed) found twice, e.g. an old copy kept in a sub-folder,
-    is an error naming both folders: a report would otherwise count one of them silently."""
-    from facebench.core.io import read_json
-    from facebench.benchmarks.worker import STATUS
-
-    done = [p.parent for p in sorted(Path(results_dir).rglob(STATUS)) if (read_json(p, {}) or {}).get("state") == "done"]
-    seen: dict[str, Path] = {}
-    for run_dir in done:
-        if run_dir.name in seen:
-            raise ValueError(f"{results_dir}: run {run_dir.name} is there twice ({seen[run_dir.name]} and {run_dir}); "
-                             "move the one that should not be reported out of the results folder")
-        seen[run_dir.name] = run_dir
-    return done
 
 
 def load_run_record(run_dir: Path, split: str = "test") -> RunRecord | None:
@@ -154,3 +163,116 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
 
     test = metrics[metrics["split"] == ("test" if "test" in preds else next(iter(preds)))]
     return {k: round(v, 4) for k, v in summarize(test, task).items()}
+
+
+# ------------------------------------------------------------------------------------------------
+# committed records: what a results folder keeps of a finished run for git
+# ------------------------------------------------------------------------------------------------
+def probability_columns(task: TaskSpec) -> list[str]:
+    """One name per probability column of the task (its logit layout): ``<target>`` for a binary
+    target, ``<target>/<class>`` for each class of the others."""
+    cols: list[str] = []
+    for t in task.targets:
+        cols += [t.name] if t.kind == "binary" else [f"{t.name}/{c}" for c in t.classes]
+    return cols
+
+
+def record_path(results_dir: str | Path, run_id: str, suffix: str = ".json") -> Path:
+    return Path(results_dir) / RECORDS / f"{run_id}{suffix}"
+
+
+def _float16_text(values: np.ndarray) -> list[str]:
+    flat = np.asarray(values, dtype=np.float16).ravel()
+    return [np.format_float_positional(v, unique=True, trim="-") for v in flat]
+
+
+def write_compact_predictions(path: Path, ids: np.ndarray, probs: np.ndarray, columns: list[str]) -> Path:
+    """Ids and float16 probabilities as a gzip'd CSV (deterministic bytes)."""
+    if probs.shape[1] != len(columns):
+        raise ValueError(f"{path}: {probs.shape[1]} probability columns for {len(columns)} names")
+    text = _float16_text(probs)
+    width = len(columns)
+    buf = io.StringIO()
+    pd.DataFrame({"id": [str(i) for i in ids]}).assign(
+        **{c: text[j::width] for j, c in enumerate(columns)}).to_csv(buf, index=False)
+    return atomic_write(path, lambda f: f.write(gzip.compress(buf.getvalue().encode("utf-8"), mtime=0)))
+
+
+def read_compact_predictions(path: Path) -> pd.DataFrame:
+    """The ids (column ``id``, text) and probabilities of :func:`write_compact_predictions`."""
+    return pd.read_csv(path, dtype={"id": str}, keep_default_na=False, na_values=["nan"])
+
+
+def write_committed_record(run: RunFolder, status: dict[str, Any], split: str = "test") -> list[Path]:
+    """``records/<run_id>.json`` and ``records/<run_id>.<split>.csv.gz`` of a finished run."""
+    cfg = run.config()
+    task = TaskSpec.from_dict(json.loads(run.task_file.read_text()))
+    prov = provenance(cfg)
+    record = {"run_id": run.run_id, "suite": cfg.get("suite"), "method": cfg.get("method_key"),
+              "dataset": cfg.get("dataset_key"), "seed": cfg.get("seed"), "command": status.get("command", ""),
+              "config_hash": status.get("config_hash", prov["config_hash"]), "code_hash": prov["code_hash"],
+              "git_commit": prov["git_commit"], "versions": package_versions(), "machine": machine(),
+              "started": status.get("started"), "finished": status.get("finished"), "summary": status.get("summary"),
+              "timing": status.get("timing"), "config": cfg, "task": task.to_dict()}
+    out = [write_json(record_path(run.results_dir, run.run_id), record)]
+    if run.predictions_file(split).is_file():
+        p = load_predictions(run.path, split)
+        if "probs" in p and p["probs"].ndim == 2 and p["probs"].shape[1] == task.n_logits:
+            out.append(write_compact_predictions(record_path(run.results_dir, run.run_id, f".{split}.csv.gz"),
+                                                 p["ids"], p["probs"], probability_columns(task)))
+    return out
+
+
+def committed_records(results_dir: str | Path) -> dict[str, dict[str, Any]]:
+    """``{run_id: record}`` of every ``records/*.json`` of a results folder."""
+    folder = Path(results_dir) / RECORDS
+    return {p.name[:-len(".json")]: read_json(p) for p in sorted(folder.glob("*.json"))} if folder.is_dir() else {}
+
+
+def committed_config_hash(results_dir: str | Path, run_id: str) -> str | None:
+    """The config hash of the committed record of ``run_id`` (``None`` when there is none)."""
+    rec = read_json(record_path(results_dir, run_id), None)
+    return rec.get("config_hash") if rec else None
+
+
+def dataset_labels(config: dict[str, Any], split: str, ids: np.ndarray) -> np.ndarray:
+    """The labels of ``ids`` in ``split`` of the dataset a run's config names (its datamodule and
+    arguments), in the task's label layout. A clear error when the dataset is not there."""
+    from facebench.datamodules.base import create_datamodule
+
+    dm = create_datamodule(config["dataset"]["datamodule"], **config["dataset"]["args"])
+    dm.prepare_data()
+    dm.setup("test")
+    table = dm.tables.get(split)
+    if table is None:
+        raise FileNotFoundError(f"{config['dataset']['datamodule']}: no {split} split")
+    position = {sid: i for i, sid in enumerate(table.sample_ids())}
+    missing = [i for i in ids if i not in position]
+    if missing:
+        raise ValueError(f"{config.get('run_id')}: {len(missing)} predicted ids are not in the dataset's {split} split "
+                         f"(first: {missing[0]})")
+    return table.labels[[position[i] for i in ids]]
+
+
+def committed_run_records(results_dir: str | Path, split: str = "test", skip: set[str] | None = None) -> list[RunRecord]:
+    """:class:`RunRecord` of every committed record with kept predictions (not in ``skip``), the
+    labels read from the run's dataset. Runs whose dataset is not on this machine are left out with
+    a one-line note."""
+    out = []
+    for run_id, rec in committed_records(results_dir).items():
+        path = record_path(results_dir, run_id, f".{split}.csv.gz")
+        if run_id in (skip or set()) or not path.is_file():
+            continue
+        task = TaskSpec.from_dict(rec["task"])
+        df = read_compact_predictions(path)
+        ids = df["id"].to_numpy(dtype=str)
+        try:
+            labels = dataset_labels(rec["config"], split, ids)
+        except (FileNotFoundError, ValueError, OSError) as exc:
+            print(f"[facebench] {run_id}: image-level statistics need its dataset's labels ({exc})")
+            continue
+        probs = df[probability_columns(task)].to_numpy(dtype=np.float32)
+        cfg = rec["config"]
+        out.append(RunRecord(path, cfg["method_key"], cfg["method"]["name"], cfg["dataset_key"], cfg["dataset"]["datamodule"],
+                             int(cfg["seed"]), task, {"probs": probs, "labels": labels, "ids": ids}))
+    return out

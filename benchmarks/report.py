@@ -1,8 +1,12 @@
 """Leaderboards, tables and figures from result records alone (``facebench report RESULTS_DIR``).
 
 ``leaderboard.csv`` is long: one row per (method, dataset, split, seed, target, class) with one
-column per metric, then the columns naming what produced it (method name, config hash, git commit,
-package versions). ``leaderboard_info.json`` records the command, commit and time of the report.
+column per metric, then the columns naming what produced it (method name, config hash, code hash,
+git commit, package versions). Its rows are those of the local run folders plus the committed rows
+of every run that is not in a local run folder (a fresh clone has none): re-running one run, or
+reporting on a clone, never drops the others. ``leaderboard_info.json`` holds, per run, the exact
+``facebench run`` command, config hash, code hash and git commit, and names the methods whose seeds
+ran on different code (no time stamps: the same records give the same bytes).
 ``tables/`` holds the comparison tables (attributes x methods, with the papers' published numbers
 next to ours), the rater-agreement tables and confusion matrices as CSV / Markdown / HTML
 (:mod:`facebench.benchmarks.tables`); ``figures/`` the ROC curves and reliability diagrams
@@ -15,11 +19,14 @@ from pathlib import Path
 
 import pandas as pd
 
+from facebench.benchmarks.records import committed_records
+from facebench.benchmarks.run_folder import finished_run_dirs, read_suite_snapshot, suite_notes
 from facebench.core.io import write_csv, write_json
-from facebench.benchmarks.provenance import result_info
-from facebench.benchmarks.records import finished_run_dirs
 
 KEYS = ["method", "dataset", "split", "seed", "target", "class"]
+#: What identifies one run's rows in a leaderboard.
+RUN_KEYS = ["method", "dataset", "seed"]
+BOARD_ORDER = ["dataset", "split", "method", "seed", "attribute", "class"]
 LEADING_METRICS = ["accuracy", "balanced_accuracy", "auroc"]
 #: Metric families that are matrices, not per-row scores: kept in metrics.csv and the tables, not pivoted.
 MATRIX_METRIC_PREFIXES = ("confusion:",)
@@ -57,7 +64,56 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
     first = metrics.drop_duplicates(["method", "dataset", "split", "seed"]).set_index(["method", "dataset", "split", "seed"])
     extra = first[[c for c in provenance_cols + ["n_samples"] if c in first.columns]].reset_index()
     out = wide[KEYS + metric_cols].merge(extra, on=["method", "dataset", "split", "seed"], how="left")
-    return out.rename(columns={"target": "attribute"}).sort_values(["dataset", "split", "method", "seed", "attribute", "class"])
+    return out.rename(columns={"target": "attribute"}).sort_values(BOARD_ORDER)
+
+
+def read_board(path: Path) -> pd.DataFrame:
+    """A written ``leaderboard.csv`` (empty when absent); reading and writing it back gives its bytes."""
+    if not path.is_file():
+        return pd.DataFrame()
+    return pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])
+
+
+def with_committed_rows(local: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
+    """``local`` plus the rows of ``committed`` whose run (method, dataset, seed) has no local rows,
+    in leaderboard order; columns: ``local``'s, then any only the committed rows have."""
+    if committed.empty:
+        return local
+    if local.empty:
+        return committed
+    have = set(map(tuple, local[RUN_KEYS].astype(str).to_numpy()))
+    keep = committed[[tuple(r) not in have for r in committed[RUN_KEYS].astype(str).to_numpy()]]
+    if keep.empty:
+        return local
+    columns = list(local.columns) + [c for c in committed.columns if c not in local.columns]
+    merged = pd.concat([local, keep], ignore_index=True)[columns]
+    merged["class"] = merged["class"].where(merged["class"].notna(), None)
+    return merged.sort_values(BOARD_ORDER, key=lambda c: c.fillna("") if c.name == "class" else c, kind="stable")
+
+
+def run_provenance(board: pd.DataFrame, results_dir: Path) -> dict[str, dict[str, str]]:
+    """Per run id: the command that ran it, config hash, code hash and git commit (from its
+    committed record, else from its leaderboard rows)."""
+    records = committed_records(results_dir)
+    out: dict[str, dict[str, str]] = {}
+    cols = [c for c in ("config_hash", "code_hash", "git_commit") if c in board.columns]
+    for (method, dataset, seed), rows in board.groupby(RUN_KEYS, sort=True):
+        run_id = f"{method}--{dataset}--s{seed}"
+        rec = records.get(run_id) or {}
+        first = rows.iloc[0]
+        out[run_id] = {c: str(rec.get(c) or ("" if pd.isna(first.get(c)) else first.get(c))) for c in cols}
+        out[run_id]["command"] = rec.get("command", "")
+    return out
+
+
+def mixed_code_versions(provenance: dict[str, dict[str, str]], board: pd.DataFrame) -> dict[str, list[str]]:
+    """``{"<method> on <dataset>": [versions]}`` for the methods whose seeds ran on different code
+    (the code hash where recorded, else the git commit)."""
+    versions: dict[str, set[str]] = {}
+    for (method, dataset, seed), _ in board.groupby(RUN_KEYS, sort=True):
+        p = provenance.get(f"{method}--{dataset}--s{seed}", {})
+        versions.setdefault(f"{method} on {dataset}", set()).add(p.get("code_hash") or p.get("git_commit") or "unknown")
+    return {k: sorted(v) for k, v in versions.items() if len(v) > 1}
 
 
 def summary_table(board: pd.DataFrame, split: str = "test") -> pd.DataFrame:
@@ -72,18 +128,41 @@ def summary_table(board: pd.DataFrame, split: str = "test") -> pd.DataFrame:
     return out.reset_index().sort_values(["dataset", cols[0] if cols else "method"], ascending=[True, False])
 
 
-def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | None, command: str) -> None:
+def long_metrics(local_metrics: pd.DataFrame, board: pd.DataFrame, local: pd.DataFrame) -> pd.DataFrame:
+    """The long metrics of the local runs plus those of the board's committed-only runs (melted back
+    from their leaderboard rows: every column that is not a key or a run column is a metric)."""
+    from facebench.benchmarks.records import is_run_column
+
+    have = set(map(tuple, local[RUN_KEYS].astype(str).to_numpy())) if not local.empty else set()
+    rest = board[[tuple(r) not in have for r in board[RUN_KEYS].astype(str).to_numpy()]]
+    if rest.empty:
+        return local_metrics
+    keys = ["method", "dataset", "split", "seed", "attribute", "class"]
+    metric_cols = [c for c in rest.columns if c not in keys and not is_run_column(c)]
+    run_cols = [c for c in rest.columns if c not in keys and is_run_column(c)]
+    melted = rest.melt(id_vars=keys + run_cols, value_vars=metric_cols, var_name="metric", value_name="value")
+    melted = melted[melted["value"].notna()].rename(columns={"attribute": "target"})
+    melted["class"] = melted["class"].fillna("").astype(str)
+    return pd.concat([local_metrics, melted], ignore_index=True) if not local_metrics.empty else melted
+
+
+def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | None) -> dict[str, list[str]]:
+    """``leaderboard.csv`` and ``leaderboard_info.json``; returns the methods on mixed code versions."""
     write_csv(results_dir / "leaderboard.csv", board, float_format="%.6g")
-    write_json(results_dir / "leaderboard_info.json", result_info(command, suite=suite_name or results_dir.name))
+    provenance = run_provenance(board, results_dir)
+    mixed = mixed_code_versions(provenance, board)
+    write_json(results_dir / "leaderboard_info.json",
+               {"suite": suite_name or read_suite_snapshot(results_dir).get("name") or results_dir.name,
+                "runs": provenance, "mixed_code_versions": mixed})
+    return mixed
 
 
 def write_report_tables(metrics: pd.DataFrame, results_dir: Path, suite_name: str | None = None) -> list[Path]:
     """Comparison / agreement / confusion tables into ``results_dir/tables`` (with the papers' numbers
     and the suite's ``target_subsets`` averages)."""
-    from facebench.benchmarks.leaderboard import suite_notes
     from facebench.benchmarks.tables import load_reported, write_tables
 
-    datasets = suite_notes(suite_name or results_dir.name)["datasets"]
+    datasets = suite_notes(results_dir)["datasets"]
     subsets = {k: dict(v["target_subsets"]) for k, v in datasets.items() if (v or {}).get("target_subsets")}
     return write_tables(metrics, results_dir / "tables", reported=load_reported(), subsets=subsets)
 
@@ -110,13 +189,12 @@ def write_statistics(board: pd.DataFrame, results_dir: Path, split: str = "test"
     return [write_csv(out / f"{name}.csv", df, float_format="%.6g") for name, df in tables.items() if not df.empty]
 
 
-def write_subgroup_tables(results_dir: Path, suite_name: str) -> list[Path]:
+def write_subgroup_tables(results_dir: Path) -> list[Path]:
     """Per-subgroup records and tables for the datasets whose suite entry names ``subgroups``
     (:mod:`facebench.benchmarks.subgroup_report`)."""
-    from facebench.benchmarks.leaderboard import suite_notes
     from facebench.benchmarks.subgroup_report import protected_attributes, write_subgroups
 
-    return write_subgroups(results_dir, protected_attributes(suite_notes(suite_name)["datasets"]))
+    return write_subgroups(results_dir, protected_attributes(suite_notes(results_dir)["datasets"]))
 
 
 def print_summary(board: pd.DataFrame, results_dir: Path) -> None:
@@ -128,25 +206,41 @@ def print_summary(board: pd.DataFrame, results_dir: Path) -> None:
 
 def build_reports(results_dir: str | Path, suite_name: str | None = None, command: str = "",
                   tables: bool = True, figures: bool = True) -> pd.DataFrame:
-    """Rebuild every report of ``results_dir`` from its result records: leaderboard, tables, figures."""
+    """Rebuild every report of ``results_dir`` from its result records: leaderboard, tables, figures.
+    ``command`` is kept for callers; what each run's command was is in its record."""
     results_dir = Path(results_dir)
-    metrics = collect_metrics(results_dir)
-    board = leaderboard(metrics)
+    local_metrics = collect_metrics(results_dir)
+    local = leaderboard(local_metrics)
+    committed = read_board(results_dir / "leaderboard.csv")
+    board = with_committed_rows(local, committed)
     if board.empty:
         print(f"[facebench] no finished runs under {results_dir}")
         return board
-    write_leaderboard(board, results_dir, suite_name, command)
+    kept = len(board) - len(local)
+    if kept and not local.empty:
+        print(f"[facebench] {results_dir / 'leaderboard.csv'}: kept the committed rows of "
+              f"{board[RUN_KEYS].drop_duplicates().shape[0] - local[RUN_KEYS].drop_duplicates().shape[0]} run(s) "
+              "that are not in the local run folders")
+    mixed = write_leaderboard(board, results_dir, suite_name)
+    for what, versions in mixed.items():
+        print(f"[facebench] warning: {what}: its seeds ran on {len(versions)} code versions ({', '.join(versions)})")
     written: list[Path] = []
     if tables:
-        written += write_report_tables(metrics, results_dir, suite_name)
+        written += write_report_tables(long_metrics(local_metrics, board, local), results_dir, suite_name)
     written += write_statistics(board, results_dir)
-    written += write_subgroup_tables(results_dir, suite_name or results_dir.name)
+    local_runs = {p.name for p in finished_run_dirs(results_dir)}
+    without = sorted({f"{m}--{d}--s{s}" for m, d, s in board[RUN_KEYS].drop_duplicates().itertuples(index=False)} - local_runs)
+    if without and suite_notes(results_dir)["datasets"] and any(
+            (v or {}).get("subgroups") for v in suite_notes(results_dir)["datasets"].values()):
+        print(f"[facebench] subgroups.*: kept as committed ({len(without)} run(s) have no local predictions)")
+    else:
+        written += write_subgroup_tables(results_dir)
     from facebench.benchmarks.multitask_report import write_suite_multitask   # Δm%, mean rank, tests vs the baseline
 
-    written += write_suite_multitask(board, results_dir, suite_name or results_dir.name)
+    written += write_suite_multitask(board, results_dir)
     from facebench.benchmarks.mixture_report import write_suite_mixture      # a mixture against each dataset alone
 
-    written += write_suite_mixture(board, results_dir, suite_name or results_dir.name)
+    written += write_suite_mixture(board, results_dir)
     if figures:
         written += write_report_figures(results_dir)
     if written:

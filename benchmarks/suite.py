@@ -39,6 +39,7 @@ import yaml
 
 from facebench.benchmarks.provenance import config_hash
 from facebench.benchmarks.suite_checks import check_early_stopping, check_method_arguments, check_trainer, load_plugins
+from facebench.benchmarks.run_folder import RunFolder, run_folder
 from facebench.core.paths import results_root as default_results_root
 from facebench.core.plugins import plugins_from_env
 
@@ -103,7 +104,11 @@ class Suite:
     runs: list[RunSpec] = field(default_factory=list)
 
     def run_dir(self, run: RunSpec) -> Path:
-        return self.results_dir / "runs" / run.run_id
+        return self.run_folder(run).path
+
+    def run_folder(self, run: RunSpec | str) -> RunFolder:
+        """The folder of ``run`` (a run or a run id) in this suite's results folder."""
+        return run_folder(self.results_dir, run if isinstance(run, str) else run.run_id)
 
 
 def suite_path(name_or_path: str) -> Path:
@@ -139,8 +144,10 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def load_suite(name_or_path: str, results_root: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Suite:
-    """Load, validate and expand a suite into runs."""
+def load_suite(name_or_path: str, results_root: str | Path | None = None, overrides: dict[str, Any] | None = None,
+               folder: str | None = None) -> Suite:
+    """Load, validate and expand a suite into runs. Results go to ``results_dir`` of the suite file, else
+    ``<results_root>/<folder or name>`` (``results_root``: default ``./results``)."""
     path = suite_path(name_or_path)
     source = str(path)
     try:
@@ -197,7 +204,7 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
     excludes = (raw.get("matrix") or {}).get("exclude") or []
     for i, ex in enumerate(excludes):
         _check_keys(f"matrix.exclude[{i}]", ex, {"method", "dataset", "seed"}, source)
-    results_dir = Path(raw.get("results_dir") or default_results_root(results_root) / name).resolve()
+    results_dir = Path(raw.get("results_dir") or default_results_root(results_root) / (folder or name)).resolve()
 
     def excluded(mk: str, dk: str, seed: int) -> bool:
         for ex in excludes:

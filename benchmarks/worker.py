@@ -1,43 +1,31 @@
 """Execute one run of a suite: ``python -m facebench.benchmarks.worker RUN_DIR``.
 
-The run directory holds ``config.yaml`` (written by the runner). The worker trains with Lightning
-(resuming from ``checkpoints/last.ckpt`` when a killed run left one), evaluates the best checkpoint
-on the validation and test splits, and writes the result records. With ``devices > 1`` Lightning
-re-launches this same command once per extra rank (DDP); only rank 0 writes records. Status is
-written atomically to ``status.json`` at every transition.
+The run folder (:class:`~facebench.benchmarks.run_folder.RunFolder`) holds ``config.yaml`` (written
+by the runner). The worker trains with Lightning (resuming from ``checkpoints/last.ckpt`` when a
+killed run left one), evaluates the best checkpoint on the validation and test splits, writes the
+result records and the committed record (``records/<run_id>.json`` and its compact test
+predictions). With ``devices > 1`` Lightning re-launches this same command once per extra rank
+(DDP); only rank 0 writes records. Status is written atomically to ``status.json`` at every
+transition.
 """
 
 from __future__ import annotations
 
 import os
-import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 from typing import Any
 
-import yaml
+from facebench.benchmarks.run_folder import RunFolder
 
-from facebench.core.io import read_json, write_json
-
-STATUS = "status.json"
 #: Datamodule arguments of every suite run unless its config sets them: the decoded-image cache
 #: (``auto``: on for file-backed splits of at least 1000 images that fit on disk; see
 #: :mod:`facebench.datamodules.cache`). Tests and library use keep the datamodule's own default (off).
 SUITE_DATAMODULE_DEFAULTS: dict[str, Any] = {"image_cache": "auto"}
 #: ``1``: refuse data whose duplicate images span splits (``facebench run --strict``; workers inherit it).
 STRICT_DATA_ENV = "FACEBENCH_STRICT_DATA"
-
-
-def set_status(run_dir: Path, state: str, **extra: Any) -> None:
-    old = read_json(run_dir / STATUS, {}) or {}
-    if state in ("running", "done"):   # an earlier attempt's error no longer describes the run
-        old.pop("error", None)
-        old.pop("traceback", None)
-    old.update({"state": state, "updated": time.strftime("%Y-%m-%dT%H:%M:%S"), "host": socket.gethostname(),
-                "pid": os.getpid(), **extra})
-    write_json(run_dir / STATUS, old)
 
 
 def _is_rank_zero() -> bool:
@@ -82,26 +70,42 @@ def build_trainer(cfg: dict[str, Any], run_dir: Path, monitor: tuple[str, str], 
                      use_distributed_sampler=False, plugins=[AtomicCheckpointIO()], **trainer_cfg)
 
 
+def trained_samples(trainer: Any, dm: Any) -> int:
+    """Training images one epoch saw: the training split, or fewer under ``limit_train_batches``
+    (or ``fast_dev_run``): batches per rank x batch size x ranks, at most the split."""
+    import math
+
+    n = len(dm.tables["train"]) if "train" in dm.tables else 0
+    batches = trainer.num_training_batches
+    if not isinstance(batches, (int, float)) or not math.isfinite(batches):
+        return n
+    return int(min(n, batches * dm.batch_size * max(trainer.world_size, 1)))
+
+
 def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
     import lightning as L
     import torch
 
     from facebench.benchmarks.logging_setup import configure_output
-    from facebench.benchmarks.records import write_records
+    from facebench.benchmarks.records import write_committed_record, write_records
     from facebench.datamodules.base import create_datamodule
     from facebench.lightning_modules.base import NonFiniteLossError
     from facebench.lightning_modules.registry import IncompatibleTaskError, create_method, get_method_class
+    from facebench.core.plugins import import_plugins
+    from facebench.datamodules.describe import warn_single_class_targets
 
+    folder = RunFolder(run_dir)
     if cfg is None:
-        cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+        cfg = folder.config()
     configure_output()   # Lightning's info lines and library warnings only with --verbose (FACEBENCH_VERBOSE=1)
     rank_zero = _is_rank_zero()
     started = time.time()
     if rank_zero:
-        set_status(run_dir, "running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        folder.set_status("running", started=time.strftime("%Y-%m-%dT%H:%M:%S"))
     try:
         L.seed_everything(int(cfg["seed"]), workers=True, verbose=False)
         torch.set_float32_matmul_precision("high")
+        import_plugins(cfg.get("plugins"))   # the suite's plugin modules register their methods
         method_cls = get_method_class(cfg["method"]["name"])
         dm = create_datamodule(cfg["dataset"]["datamodule"], **{**SUITE_DATAMODULE_DEFAULTS, **cfg["dataset"]["args"]})
         dm.augment_seed = int(cfg["seed"])
@@ -116,21 +120,16 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         args = dict(cfg["method"]["args"])
         args.update(method_cls.datamodule_kwargs(dm, args))
         if cfg.get("init_from"):
-            parent = run_dir.parent / cfg["init_from"]
-            ckpt = parent / "checkpoints" / "best.ckpt"
-            if not ckpt.is_file():
-                ckpt = parent / "checkpoints" / "last.ckpt"
-            if not ckpt.is_file():
-                raise FileNotFoundError(f"{parent}: the earlier stage has no checkpoint (did it finish?)")
-            args["init_checkpoint"] = str(ckpt)
+            args["init_checkpoint"] = str(RunFolder(run_dir.parent / cfg["init_from"]).trained_checkpoint())
         model = create_method(cfg["method"]["name"], dm.task, **args)
         dm.configure_input(model.image_size, model.in_chans, landmarks=model.needs_landmarks or None,
                            train_defaults=model.default_train_transforms)
         splits = (cfg.get("evaluation") or {}).get("splits", ["val", "test"])
         splits = [s for s in splits if s in dm.tables]
         model.eval_split_names = splits
+        warn_single_class_targets(dm, splits)   # a target with one class in a split: which metrics are undefined there
         trainer = build_trainer(cfg, run_dir, model.monitor, model.gradient_trained)
-        last = run_dir / "checkpoints" / "last.ckpt"
+        last = folder.last_checkpoint
         fit_start = time.time()
         trainer.fit(model, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
         train_time = time.time() - fit_start
@@ -144,11 +143,12 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         trainer.test(model, dataloaders=[dm.eval_dataloader(s) for s in splits], ckpt_path=ckpt_path, verbose=False)
         eval_time = time.time() - eval_start
         if trainer.is_global_zero:
-            summary = write_records(run_dir, cfg, model, dm, model.collected, timing={
-                "train_time_s": train_time, "eval_time_s": eval_time, "wall_time_s": time.time() - started,
-                "epochs": trainer.current_epoch, "train_samples": len(dm.tables["train"]) if "train" in dm.tables else 0})
-            set_status(run_dir, "done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary,
-                       best_checkpoint=ckpt_path)
+            timing = {"train_time_s": train_time, "eval_time_s": eval_time, "wall_time_s": time.time() - started,
+                      "epochs": trainer.current_epoch, "train_samples": trained_samples(trainer, dm)}
+            summary = write_records(run_dir, cfg, model, dm, model.collected, timing=timing)
+            folder.set_status("done", finished=time.strftime("%Y-%m-%dT%H:%M:%S"), summary=summary,
+                              best_checkpoint=ckpt_path, timing=timing)
+            write_committed_record(folder, folder.status())
             for lg in trainer.loggers:
                 if hasattr(lg, "log_run_records"):   # W&B: the run's metric table and ROC / reliability figures
                     try:
@@ -161,16 +161,16 @@ def execute(run_dir: Path, cfg: dict[str, Any] | None = None) -> int:
         return 0
     except IncompatibleTaskError as exc:
         if rank_zero:
-            set_status(run_dir, "incompatible", error=str(exc))
+            folder.set_status("incompatible", error=str(exc))
         return 3
     except NonFiniteLossError as exc:
         if rank_zero:
-            set_status(run_dir, "failed", error=str(exc))
+            folder.set_status("failed", error=str(exc))
         print(f"[facebench] {cfg['run_id']}: {exc}", file=sys.stderr)
         return 4
     except Exception as exc:  # noqa: BLE001  (recorded, the suite goes on)
         if rank_zero:
-            set_status(run_dir, "failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
+            folder.set_status("failed", error=f"{type(exc).__name__}: {exc}", traceback=traceback.format_exc()[-4000:])
         from facebench.datamodules.formats import DatasetFormatError
 
         if isinstance(exc, (DatasetFormatError, FileNotFoundError)):   # data errors: one line (traceback: status.json)

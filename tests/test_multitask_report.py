@@ -17,7 +17,7 @@ from facebench.benchmarks.leaderboard import build_cross_suite, to_markdown
 from facebench.benchmarks.records import write_records
 from facebench.benchmarks.report import build_reports
 from facebench.benchmarks.suite import SuiteConfigError, load_suite
-from facebench.benchmarks.worker import set_status
+from facebench.benchmarks.run_folder import RunFolder
 from facebench.core.io import write_text
 from facebench.core.tasks import TaskSpec
 from facebench.datamodules.table import SampleTable
@@ -52,7 +52,7 @@ def fake_results(root: Path, suite: str = "mtl_celeba") -> tuple[Path, dict]:
             write_text(run_dir / "config.yaml", json.dumps(cfg))     # JSON is YAML
             write_records(run_dir, cfg, model, dm, {"test": {"probs": probs.astype(np.float32), "labels": labels,
                                                              "index": np.arange(N)}}, timing={})
-            set_status(run_dir, "done")
+            RunFolder(run_dir).set_status("done")
     return results, correct
 
 

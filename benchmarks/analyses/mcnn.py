@@ -12,6 +12,7 @@ from typing import Sequence
 import torch
 
 from facebench.benchmarks.analyses import register_analysis
+from facebench.benchmarks.records import probability_columns
 from facebench.core.tasks import TaskSpec
 
 
@@ -46,11 +47,6 @@ def plot_aux_heatmap(weight: torch.Tensor, names: Sequence[str], out_png: str | 
     return out
 
 
-def column_names(task: TaskSpec) -> list[str]:
-    """One name per logit column (``target`` or ``target:class``)."""
-    return [t.name if t.n_logits == 1 else f"{t.name}:{c}" for t in task.targets for c in t.classes[-t.n_logits:]]
-
-
 @register_analysis("mcnn-aux-heatmap")
 def aux_heatmap(argv: list[str]) -> int:
     """``facebench analyze mcnn-aux-heatmap CHECKPOINT OUT.png``: Figure 3 of an mcnn_aux run."""
@@ -67,7 +63,7 @@ def aux_heatmap(argv: list[str]) -> int:
         raise ValueError(f"{args.checkpoint}: no 'aux.weight' in the checkpoint; is it an mcnn_aux run's checkpoint?")
     weight = state["aux.weight"]
     task_dict = (ckpt.get("hyper_parameters") or {}).get("task")
-    names = column_names(TaskSpec.from_dict(task_dict)) if task_dict else [str(i) for i in range(weight.shape[0])]
+    names = probability_columns(TaskSpec.from_dict(task_dict)) if task_dict else [str(i) for i in range(weight.shape[0])]
     out = plot_aux_heatmap(weight, names, args.output, limit=args.limit,
                            title=f"MCNN-AUX weights ({Path(args.checkpoint).parent.parent.name})")
     print(out)

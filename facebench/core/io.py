@@ -1,5 +1,7 @@
 """Atomic file writes: results are written to a temporary file in the same folder and renamed, so
-a reader never sees a half-written file and a crash never destroys the previous version."""
+a reader never sees a half-written file and a crash never destroys the previous version. The
+renamed file gets the permissions a plain ``open(path, "w")`` would give (0644 under the usual
+umask 022), not the 0600 of a temporary file."""
 
 from __future__ import annotations
 
@@ -14,6 +16,17 @@ import numpy as np
 import yaml
 
 
+def _file_mode() -> int:
+    """``0o666`` less the process umask (read without changing it for other threads)."""
+    try:
+        with open("/proc/self/status") as f:
+            umask = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+    except (OSError, StopIteration, ValueError):
+        umask = os.umask(0)
+        os.umask(umask)
+    return 0o666 & ~umask
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -23,6 +36,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
             write(f)
             f.flush()
             os.fsync(f.fileno())
+        os.chmod(tmp, _file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
