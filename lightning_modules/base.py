@@ -57,7 +57,9 @@ class FaceAttributeTask(L.LightningModule):
         task: the dataset's :class:`TaskSpec` (or its dict form, as stored in checkpoints).
         optimizer: ``{"name": <torch.optim class>, **kwargs}``; default per method (``default_optimizer``).
         scheduler: ``{"name": <torch.optim.lr_scheduler class>, "interval": "epoch"|"step", **kwargs}``;
-            the string values ``"max_epochs"`` and ``"total_steps"`` are replaced by the trainer's.
+            the string values ``"max_epochs"`` and ``"total_steps"`` are replaced by the trainer's;
+            ``monitor`` (default: the method's ``monitor``) feeds ``ReduceLROnPlateau``; ``None``
+            keeps ``default_scheduler``, an unknown optimizer or scheduler name is a ``ValueError``.
         input_size, in_chans: network input (default: the method's ``input_size`` / ``input_channels``).
         init_checkpoint: weights of an earlier stage (a Lightning ``.ckpt`` or a state dict file).
         soft_targets: train multi-class targets on rater-vote distributions when the batch has them.
@@ -120,10 +122,12 @@ class FaceAttributeTask(L.LightningModule):
 
     @classmethod
     def config_keys(cls) -> set[str]:
+        """Keyword arguments of the constructors from this class up to :class:`FaceAttributeTask`."""
         return constructor_options(cls, FaceAttributeTask, skip=("self", "task"))
 
     @classmethod
     def check_config(cls, cfg: dict) -> None:
+        """``ValueError`` naming the keys of ``cfg`` that are not :meth:`config_keys`, and the allowed ones."""
         check_options(f"method {cls.method_name!r}", cfg, cls.config_keys())
 
     @classmethod
@@ -138,6 +142,7 @@ class FaceAttributeTask(L.LightningModule):
 
     # -- hooks ---------------------------------------------------------------------------------------
     def configure_models(self) -> None:
+        """Build the networks (called by ``__init__`` before the losses and metrics; required)."""
         raise NotImplementedError
 
     def configure_losses(self) -> None:
@@ -222,7 +227,9 @@ class FaceAttributeTask(L.LightningModule):
         return self
 
     def load_init_checkpoint(self, path: str) -> None:
-        """Initialise from an earlier stage; default: load every parameter whose name and shape match."""
+        """Initialise from an earlier stage (a Lightning checkpoint or a state dict file); default:
+        load every state-dict entry (parameters and buffers) whose name and shape match, a
+        ``ValueError`` when none does."""
         state = torch.load(path, map_location="cpu", weights_only=False)
         state = state.get("state_dict", state)
         own = self.state_dict()
@@ -399,6 +406,7 @@ class FaceAttributeTask(L.LightningModule):
 
     # -- efficiency ----------------------------------------------------------------------------------
     def parameter_count(self, trainable_only: bool = False) -> int:
+        """Number of parameters (``trainable_only``: those that require a gradient)."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable_only)
 
     def example_batch(self, batch_size: int = 1) -> dict[str, Any]:
