@@ -6,6 +6,7 @@ Schema (every key is checked; an unknown key names itself and the allowed ones):
 
     name: quick                      # results go to results/<name>/ unless results_dir is given
     description: ...
+    results_dir: /some/folder        # optional
     seeds: [0, 1, 2]
     plugins: [mymethods]             # your modules, imported first (they register methods); see README
     trainer: {max_epochs: 5, accelerator: auto, devices: 1, precision: 32-true, ...}  # lightning.Trainer kwargs
@@ -20,7 +21,12 @@ Schema (every key is checked; an unknown key names itself and the allowed ones):
       sem: {method: semantic_cnn, grid: {depth: [1, 2, 3]}}      # -> sem[depth=1], sem[depth=2], ...
     matrix:
       exclude: [{method: "sem*", dataset: celeba}]               # fnmatch patterns
+    evaluation: {splits: [test], tune_thresholds_on: val, threshold_criterion: ..., checkpoint: best | last}
     multitask: {baseline: single_task, metrics: [f1, accuracy]}  # report only: Δm% vs that method key
+
+Datasets also take ``description``, ``subgroups`` and ``target_subsets`` (read by the reports);
+methods ``description``, ``reported`` (the paper's figures the leaderboard compares with) and
+``report`` (copied into each run's config; no report reads it at present).
 
 Before anything runs, the keys, the trainer arguments, the early-stopping values, the ``timm``
 backbones and every method's and dataset's arguments are checked (:mod:`facebench.benchmarks.suite_checks`).
@@ -79,7 +85,9 @@ def _check_keys(where: str, obj: Any, allowed: set[str], source: str) -> None:
 
 @dataclass
 class RunSpec:
-    """One training + evaluation run of a suite."""
+    """One training + evaluation run of a suite: its id ``<method key>--<dataset key>--s<seed>``,
+    the full run ``config`` (what the worker reads), the run it starts from (``depends_on``,
+    ``init_from``) and its ``chain`` (the id of the chain's first stage; a shard takes whole chains)."""
 
     run_id: str
     method_key: str
@@ -91,12 +99,16 @@ class RunSpec:
 
     @property
     def config_hash(self) -> str:
+        """Hash of the run's config without where it runs (``results_dir``, ``run_dir``) and ``plugins``."""
         # ``plugins`` only says where method code comes from: adding one leaves every other run's hash as it was
         return config_hash({k: v for k, v in self.config.items() if k not in ("results_dir", "run_dir", "plugins")})
 
 
 @dataclass
 class Suite:
+    """A loaded suite: its ``name``, the file it came from (``source``), the YAML after overrides
+    (``raw``), its results folder and its runs, every run after the run it starts from."""
+
     name: str
     source: str
     raw: dict[str, Any]
@@ -104,6 +116,7 @@ class Suite:
     runs: list[RunSpec] = field(default_factory=list)
 
     def run_dir(self, run: RunSpec) -> Path:
+        """The path of :meth:`run_folder`."""
         return self.run_folder(run).path
 
     def run_folder(self, run: RunSpec | str) -> RunFolder:
@@ -112,6 +125,8 @@ class Suite:
 
 
 def suite_path(name_or_path: str) -> Path:
+    """A ``.yaml`` / ``.yml`` file that exists, else the bundled suite of that name
+    (``benchmarks/suites/<name>.yaml``); a :class:`SuiteConfigError` listing the bundled ones otherwise."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") and p.is_file():
         return p
@@ -146,8 +161,10 @@ def _set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
 
 def load_suite(name_or_path: str, results_root: str | Path | None = None, overrides: dict[str, Any] | None = None,
                folder: str | None = None) -> Suite:
-    """Load, validate and expand a suite into runs. Results go to ``results_dir`` of the suite file, else
-    ``<results_root>/<folder or name>`` (``results_root``: default ``./results``)."""
+    """Load, validate and expand a suite into runs. ``overrides`` maps dotted keys to values (``--set
+    trainer.max_epochs=1``) and is applied before the checks. Results go to ``results_dir`` of the
+    suite file, else ``<results_root>/<folder or name>`` (``results_root``: default ``./results``).
+    Every error in the file is a one-line :class:`SuiteConfigError`."""
     path = suite_path(name_or_path)
     source = str(path)
     try:
@@ -335,6 +352,7 @@ def select(runs: list[RunSpec], only: list[str] | None = None, shard: tuple[int,
 
 
 def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``1 <= i <= n``; a :class:`SuiteConfigError` otherwise."""
     try:
         i, n = (int(x) for x in text.split("/"))
     except ValueError:

@@ -64,6 +64,10 @@ get_datamodule_class = DATAMODULES.get
 
 
 def create_datamodule(name: str, **kwargs: Any) -> "FaceDataModule":
+    """The datamodule registered as ``name``, constructed with ``kwargs`` (nothing is loaded before
+    ``setup``). An unknown name raises ``ValueError`` listing the registered ones; unknown keywords
+    reach the constructor (``TypeError``): suites check them first with
+    :meth:`FaceDataModule.check_config`."""
     return get_datamodule_class(name)(**kwargs)
 
 
@@ -76,12 +80,15 @@ class FaceDataModule(L.LightningDataModule):
     Arguments shared by all datasets (all settable from a suite YAML):
 
     * ``root``: dataset folder; ``batch_size``, ``num_workers`` (``None``: ``min(4, cpu count)``);
+      ``pin_memory`` (``None``: when CUDA is available), ``persistent_workers`` (with workers only),
+      ``drop_last`` (the training loader only);
     * ``image_size``, ``channels``: network input (usually filled in from the method's input spec);
     * ``transforms`` / ``train_transforms``: :class:`TransformConfig` fields for every split / only
       for training (training augmentation is off unless configured);
     * ``attributes``: keep only these targets; ``max_samples``: cap per split (an int, or a dict
       split -> int) taking a seeded random subset, for CPU-sized runs;
-    * ``crop``: ``"image"`` or ``"box"`` (crop the face box when the dataset has boxes);
+    * ``crop``: ``"image"`` or ``"box"`` (crop the face box when the dataset has boxes), the box
+      scaled by ``box_margin`` about its centre (a preprocessing alignment box takes precedence);
     * ``landmarks``: return landmarks in samples when the dataset has them;
     * ``seed``: for derived splits and subsets (same seed, same split on every machine);
     * ``split``: :class:`~facebench.datamodules.splits.SplitConfig` fields, used by datasets without an
@@ -89,8 +96,8 @@ class FaceDataModule(L.LightningDataModule):
       official train split that has none, or to re-split (``override_official``);
     * ``verify_images``: ``"header"`` (default: a fast header / end-marker check, cached on disk by
       path, size and mtime), ``"full"`` (decode every image) or ``"none"``; unusable images are
-      skipped and listed in ``report["skipped"]`` (``strict``: a :class:`DatasetFormatError` naming
-      the file);
+      skipped and listed in ``report["skipped"]``; ``strict``: a :class:`DatasetFormatError` naming
+      the file instead of skipping it (unusable files and rows alike);
     * ``landmark_provider``: fill ``SampleTable.landmarks`` (``"dataset"``, ``"dlib68"`` or
       ``{name: dlib68, detector: image}``, see :mod:`facebench.datamodules.landmarks`);
     * ``preprocess``: :class:`~facebench.datamodules.preprocess.PreprocessConfig` fields (face detection,
@@ -120,7 +127,8 @@ class FaceDataModule(L.LightningDataModule):
     """
 
     registered_name: ClassVar[str] = ""
-    #: Landmarks available from the files (e.g. CelebA's 5 points) -> number of points, else 0.
+    #: Whether the dataset's tables carry identities (CelebA, LFWA): identity pre-training heads
+    #: (:meth:`identity_classes`) and identity-disjoint derived splits need them.
     has_identities: ClassVar[bool] = False
     #: ``split`` defaults of datasets without an official split (SplitConfig fields).
     default_split: ClassVar[dict[str, Any]] = {}
@@ -182,6 +190,8 @@ class FaceDataModule(L.LightningDataModule):
 
     @classmethod
     def check_config(cls, cfg: dict[str, Any]) -> None:
+        """``ValueError`` naming the keys of a suite's dataset arguments that no constructor of the
+        class chain accepts, and the allowed ones."""
         check_options(f"dataset {cls.registered_name!r}", cfg, constructor_options(cls, FaceDataModule))
 
     # -- to implement ------------------------------------------------------------------------------
@@ -191,6 +201,10 @@ class FaceDataModule(L.LightningDataModule):
 
     # -- setup -------------------------------------------------------------------------------------
     def setup(self, stage: str | None = None) -> None:
+        """Build the split tables once (any ``stage``; later calls return at once), in this order:
+        parse the files (:meth:`load_tables`), derive splits, keep ``attributes``, ``dedupe``,
+        ``max_samples``, verify the image files, then landmarks, ``wild`` canvases and the
+        ``preprocess`` alignment. What was skipped or counted is in :attr:`report`."""
         if self.tables:
             return
         self.report.setdefault("skipped", [])
@@ -276,8 +290,9 @@ class FaceDataModule(L.LightningDataModule):
         return tables
 
     def derive_split(self, task: TaskSpec, table: SampleTable, fractions: Sequence[float]) -> np.ndarray:
-        """Split codes (0 train, 1 val, 2 test): stratified on ``split.stratify``, identity-disjoint
-        when ``split.by_identity`` and identities are known."""
+        """Split codes (0 train, 1 val, 2 test) in proportions ``fractions``: stratified on
+        ``split.stratify``, identity-disjoint when ``split.by_identity`` and identities are known,
+        duplicate images kept in one split when ``split.by_duplicates``."""
         cfg = self.split_cfg
         strata = None
         if cfg.stratify:
@@ -359,12 +374,16 @@ class FaceDataModule(L.LightningDataModule):
 
     @property
     def task(self) -> TaskSpec:
+        """The dataset's :class:`TaskSpec` after ``attributes`` (sets the datamodule up on first use)."""
         if self._task is None:
             self.setup()
         assert self._task is not None
         return self._task
 
     def dataset(self, split: str, train: bool | None = None, output: str = "tensor") -> FaceDataset:
+        """The :class:`FaceDataset` of ``split`` (set up first), with the training transforms when
+        ``train`` (default: for ``"train"``); ``output="stored"`` returns stage-1 images for
+        ``augment_on: batch``. ``ValueError`` for a split the dataset does not have."""
         self.setup()
         if split not in self.tables:
             raise ValueError(f"{self.registered_name} has no {split!r} split; splits: {', '.join(self.tables)}")
@@ -535,6 +554,7 @@ class FaceDataModule(L.LightningDataModule):
 
 
 def warn_or_raise(strict: bool, message: str) -> None:
+    """A :class:`DatasetFormatError` with ``message`` when ``strict``, else a warning."""
     if strict:
         raise DatasetFormatError("<dataset>", None, message)
     warnings.warn(message, stacklevel=2)

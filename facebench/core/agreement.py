@@ -61,9 +61,10 @@ def as_count_tensor(counts: Any, name: str = "counts") -> torch.Tensor:
 
 
 def kappa_sums(counts: torch.Tensor, min_ratings: int = MIN_RATINGS) -> dict[str, torch.Tensor]:
-    """The sufficient statistics of (generalised) Fleiss' kappa over the subjects of ``counts``:
-    ``subjects`` N, ``ratings`` sum_i n_i, ``class_ratings`` [C] sum_i n_ij and ``disagreement``
-    [C] sum_i n_ij (n_i - n_ij) / n_i. Sums over batches give the sums over the union."""
+    """The sufficient statistics of (generalised) Fleiss' kappa over the subjects of ``counts``
+    with at least ``min_ratings`` ratings (the others are left out): ``subjects`` N, ``ratings``
+    sum_i n_i, ``class_ratings`` [C] sum_i n_ij and ``disagreement`` [C] sum_i n_ij (n_i - n_ij) /
+    n_i. Sums over batches give the sums over the union."""
     counts = counts.to(torch.float64)
     n = counts.sum(dim=1)
     keep = n >= min_ratings
@@ -116,7 +117,8 @@ def add_rater(counts: Any, predictions: Any) -> torch.Tensor:
 # ------------------------------------------------------------------------------------------------
 def loo_sums(counts: torch.Tensor, predictions: torch.Tensor | None = None,
              min_ratings: int = MIN_RATINGS) -> dict[str, torch.Tensor]:
-    """Sufficient statistics of the leave-one-rater-out comparison, per class ``[C]``:
+    """Sufficient statistics of the leave-one-rater-out comparison, per class ``[C]``, over the
+    subjects with at least ``min_ratings`` ratings:
 
     * ``votes[c]``: ratings of class c (pairs subject x rater whose rater voted c);
     * ``target_mass[m]``: how often m is the majority of the other raters (ties split 1/k);
@@ -161,8 +163,9 @@ def loo_majority_agreement(counts: Any, predictions: Any = None, min_ratings: in
 
 def loo_from_sums(votes: torch.Tensor, target_mass: torch.Tensor, rater_hits: torch.Tensor, model_hits: torch.Tensor,
                   with_model: bool = True) -> dict[str, Any]:
-    """:func:`loo_majority_agreement`'s dict from :func:`loo_sums` (accuracies over all ratings,
-    recalls per target class; NaN where a class is never the others' majority)."""
+    """:func:`loo_majority_agreement`'s dict from :func:`loo_sums`: ``ratings`` (their number),
+    accuracies over all ratings, recalls per target class (NaN where a class is never the others'
+    majority); the model's entries only ``with_model``."""
     total = float(votes.sum())
     with np.errstate(divide="ignore", invalid="ignore"):
         mass = target_mass.double().numpy()

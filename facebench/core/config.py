@@ -20,15 +20,17 @@ def constructor_options(cls: type, root: type, skip: tuple[str, ...] = ("self",)
 
 
 def check_options(what: str, cfg: dict[str, Any], allowed: set[str]) -> None:
-    """A clear error naming unknown configuration keys and the allowed ones."""
+    """``ValueError`` naming the keys of ``cfg`` not in ``allowed`` (and the allowed ones), prefixed by ``what``."""
     unknown = sorted(set(cfg) - allowed)
     if unknown:
         raise ValueError(f"{what}: unknown option(s) {unknown}; allowed: {', '.join(sorted(allowed))}")
 
 
 def config_from_value(cls: type, value: Any, where: str, defaults: Any = None) -> Any:
-    """A config dataclass from a YAML mapping (fields not given keep ``defaults``' values), checked
-    by its ``validate()``; unknown keys are named in the error."""
+    """A config dataclass from a YAML mapping (fields not given keep ``defaults``' values, else the
+    class defaults), checked by its ``validate()``. ``None`` gives the defaults, an instance of
+    ``cls`` is returned as it is; anything else, or a mapping with unknown keys, is a ``ValueError``
+    prefixed by ``where``."""
     base = defaults if defaults is not None else cls()
     if value is None:
         return base

@@ -3,7 +3,8 @@
 * :func:`results_root`: results go under the *current directory's* ``results/`` unless a command is
   given another root; never into the installed package.
 * :data:`SOURCE_ROOT`: the source checkout this code runs from (the folder holding
-  ``pyproject.toml`` beside ``facebench/``), or ``None`` for an installed wheel. Provenance (git
+  ``pyproject.toml`` beside ``facebench/`` and the layer folders, ``benchmarks/`` ...), or ``None``
+  for an installed wheel. Provenance (git
   commit, code hash) is read from it; a wheel has neither.
 """
 

@@ -26,7 +26,8 @@ class Registry(Generic[T]):
         self._entries: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
-        """Decorator registering a class or function under ``name`` (twice: an error)."""
+        """Decorator registering a class or function under ``name`` (and setting its
+        ``name_attribute``); another object under a taken name is a ``ValueError``."""
 
         def deco(obj: T) -> T:
             if name in self._entries and self._entries[name] is not obj:
@@ -44,11 +45,12 @@ class Registry(Generic[T]):
             self._loader()
 
     def names(self) -> list[str]:
+        """The registered names, sorted (after the loader has imported the registering modules)."""
         self._load()
         return sorted(self._entries)
 
     def get(self, name: str) -> T:
-        """The entry registered as ``name``; an error listing the registered names otherwise."""
+        """The entry registered as ``name``; a ``ValueError`` listing the registered names otherwise."""
         self._load()
         if name not in self._entries:
             raise ValueError(f"unknown {self.kind} {name!r}; registered {self.plural}: {', '.join(sorted(self._entries)) or 'none'}")

@@ -13,8 +13,9 @@ Layouts (fixed, everything relies on them):
   sigmoid for binary / multi-label columns and a softmax inside each multi-class / ordinal slice.
   Code that depends on this split asks :attr:`Target.is_sigmoid` / :attr:`Target.is_softmax`, not
   the kind.
-* **votes** (when ``target.has_votes``): ``LongTensor [B, n_classes]`` per target, rater counts
-  per class (a binary target has 2 classes: negative, positive).
+* **votes** (when ``target.has_votes``): ``LongTensor [B, len(target.vote_columns)]`` per target,
+  rater counts per class (a binary target has 2 classes: negative, positive; ``vote_classes`` may
+  add options the raters had beyond the classes).
 """
 
 from __future__ import annotations
@@ -100,7 +101,8 @@ class Target:
 
 @dataclass(frozen=True)
 class TaskSpec:
-    """All targets of a dataset, in label/logit order."""
+    """All targets of a dataset, in label/logit order (names unique, at least one target, else a
+    ``ValueError``). ``extras`` is free-form and neither compared nor saved by :meth:`to_dict`."""
 
     targets: tuple[Target, ...]
     name: str = ""
@@ -118,10 +120,12 @@ class TaskSpec:
     @classmethod
     def binary_attributes(cls, names: Sequence[str], name: str = "", has_votes: bool = False,
                           groups: dict[str, str] | None = None) -> "TaskSpec":
+        """A task of binary targets named ``names`` (``groups``: target name -> attribute group)."""
         groups = groups or {}
         return cls(tuple(Target(n, "binary", has_votes=has_votes, group=groups.get(n)) for n in names), name=name)
 
     def to_dict(self) -> dict:
+        """``{"name", "targets": [Target fields]}``, the form checkpoints and records store (:meth:`from_dict`)."""
         return {"name": self.name, "targets": [asdict(t) for t in self.targets]}
 
     @classmethod
@@ -172,12 +176,14 @@ class TaskSpec:
         return self._slices("n_label_slots")
 
     def target(self, name: str) -> Target:
+        """The target called ``name``; a ``KeyError`` listing the targets otherwise."""
         for t in self.targets:
             if t.name == name:
                 return t
         raise KeyError(f"task {self.name!r} has no target {name!r}; targets: {', '.join(self.names)}")
 
     def subset(self, names: Sequence[str]) -> "TaskSpec":
+        """A task of the targets ``names``, in the order given (``KeyError`` for an unknown one)."""
         return TaskSpec(tuple(self.target(n) for n in names), name=self.name)
 
     # -- tensors --------------------------------------------------------------------------------
@@ -201,7 +207,8 @@ class TaskSpec:
         return out
 
     def predictions(self, probs: torch.Tensor, thresholds: torch.Tensor | float = 0.5) -> torch.Tensor:
-        """Hard predictions in the label layout: 0/1 per binary column, argmax per class slice."""
+        """Hard predictions in the label layout: 0/1 per binary column (probability >= ``thresholds``,
+        a float or one value per column of :meth:`binary_columns`), argmax per class slice."""
         out = torch.empty(probs.shape[0], self.n_label_slots, dtype=torch.long, device=probs.device)
         bl, by = self.binary_columns()
         if bl:
