@@ -28,6 +28,9 @@ def _file_mode() -> int:
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> Path:
+    """``write(f)`` into a temporary file beside ``path`` (its folders created), synced to disk and
+    renamed onto ``path``; on any error the temporary file is removed and ``path`` is untouched.
+    Returns ``path``. The ``write_*`` helpers below go through it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -65,6 +68,7 @@ def write_npz(path: str | os.PathLike, **arrays: np.ndarray) -> Path:
 
 
 def read_json(path: str | os.PathLike, default: Any = None) -> Any:
+    """The JSON in ``path``, or ``default`` when the file does not exist (invalid JSON raises)."""
     try:
         with open(path) as f:
             return json.load(f)
