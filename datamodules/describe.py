@@ -126,3 +126,40 @@ def require_disjoint_splits(dm: FaceDataModule, name: str) -> None:
         raise DatasetFormatError(dm.root or ".", None, f"dataset {name!r}: {n} group(s) of duplicate images span splits; "
                                                        f"--strict refuses to run on it (facebench inspect lists them; "
                                                        f"dedupe: {{test: drop}} drops them from the test split)")
+
+
+def single_class_targets(task: Any, labels: np.ndarray) -> list[tuple[str, str, int]]:
+    """``(name, the one class present, labelled samples)`` for every target (a multi-label target:
+    every class, named ``target/class``) whose labelled samples in ``labels`` (the task's label
+    layout, ``-1`` missing) all carry one class; targets without any label are left out."""
+    out = []
+    for t, s in zip(task.targets, task.label_slices):
+        columns = [(t.name, labels[:, s.start], t.classes)] if t.kind != "multilabel" else \
+            [(f"{t.name}/{c}", labels[:, s.start + i], ("no", "yes")) for i, c in enumerate(t.classes)]
+        for name, y, classes in columns:
+            y = y[y >= 0]
+            present = np.unique(y)
+            if len(y) and len(present) == 1:
+                out.append((name, str(classes[int(present[0])]), int(len(y))))
+    return out
+
+
+def warn_single_class_targets(dm: FaceDataModule, splits: list[str]) -> list[str]:
+    """One warning per evaluated split naming the targets that have a single class there, and what
+    that does to the metrics (accuracy: the share predicted as that class; balanced accuracy,
+    recall, AUROC, average precision: undefined, NaN). Returns the messages."""
+    import warnings
+
+    messages = []
+    for split in splits:
+        if split not in dm.tables or not len(dm.tables[split]):
+            continue
+        found = single_class_targets(dm.task, dm.tables[split].labels)
+        if not found:
+            continue
+        names = ", ".join(f"{n} (all {n_labelled} '{c}')" for n, c, n_labelled in found)
+        messages.append(f"{dm.registered_name}: the {split} split has one class only for {len(found)} target(s): {names}; "
+                        f"their accuracy is the share predicted as that class, and balanced accuracy, recall, AUROC "
+                        f"and average precision are undefined (NaN) there")
+        warnings.warn(messages[-1], stacklevel=2)
+    return messages
