@@ -78,6 +78,15 @@ class CelebADataModule(FaceDataModule):
     (for face-localisation methods such as LNets).
     """
 
+    expected_files = {
+        "list_attr_celeba.txt": ("line 1 the number of images, line 2 the 40 attribute names, then one line per image:"
+                                 " `000001.jpg -1 1 ...` (+1 / -1 per attribute; 0: unknown)"),
+        "list_eval_partition.txt": "`000001.jpg 0` per image: 0 train, 1 val, 2 test (the official split)",
+        "img_align_celeba/": "the aligned images named in list_attr_celeba.txt",
+        "identity_CelebA.txt": "optional: `000001.jpg 2880`, the identity of each image",
+        "list_landmarks_align_celeba.txt": ("optional: line 1 the count, line 2 `lefteye_x lefteye_y ... rightmouth_y`, then 10 "
+                                            "numbers per image (5 points)"),
+    }
     has_identities = True
 
     def __init__(self, root: str | os.PathLike | None = None, *, in_the_wild: bool = False, **kwargs):
@@ -172,6 +181,18 @@ class CelebAWildDataModule(CelebADataModule):
     The network sees the whole image by default (``crop: image``, for face-localising methods such
     as LNets); ``crop: box`` (with ``box_margin``) feeds the face region instead.
     """
+
+    expected_files = {
+        "list_attr_celeba.txt": ("line 1 the number of images, line 2 the 40 attribute names, then one line per image:"
+                                 " `000001.jpg -1 1 ...` (+1 / -1 per attribute; 0: unknown)"),
+        "list_eval_partition.txt": "`000001.jpg 0` per image: 0 train, 1 val, 2 test (the official split)",
+        "list_bbox_celeba.txt": ("line 1 the count, line 2 `image_id x_1 y_1 width height`, then one face box per "
+                                 "image"),
+        "img_celeba/": "the in-the-wild images named in list_attr_celeba.txt",
+        "identity_CelebA.txt": "optional: `000001.jpg 2880`, the identity of each image",
+        "list_landmarks_celeba.txt": ("optional: 5 points per in-the-wild image (same layout as "
+                                      "list_landmarks_align_celeba.txt)"),
+    }
 
     def __init__(self, root: str | os.PathLike | None = None, **kwargs):
         kwargs.setdefault("in_the_wild", True)

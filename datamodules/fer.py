@@ -177,6 +177,11 @@ def ferplus_targets(votes: np.ndarray, mode: str) -> tuple[np.ndarray, np.ndarra
 class FER2013DataModule(FaceDataModule):
     """FER2013 from Kaggle's fer2013.csv: 7 emotions, 48x48 grayscale, official Training / PublicTest / PrivateTest split."""
 
+    expected_files = {
+        "fer2013.csv (csv_file)": ("header `emotion,pixels,Usage`: emotion 0-6, 2,304 space-separated grey values "
+                                   "(48x48), Usage Training / PublicTest / PrivateTest (train / val / test)"),
+    }
+
     def __init__(self, root: str | os.PathLike | None = None, *, csv_file: str = "fer2013.csv", **kwargs):
         kwargs.setdefault("channels", 1)
         kwargs.setdefault("image_size", FER_SIZE)
@@ -213,6 +218,14 @@ class FERPlusDataModule(FaceDataModule):
             validation / test: under ``majority``, as the authors evaluate) instead of keeping them
             with label ``-1``.
     """
+
+    expected_files = {
+        "FER2013Train/, FER2013Valid/, FER2013Test/": ("`ferNNNNNNN.png` images and a header-less label.csv per folder: image, face box "
+                                                       "`(left, top, right, bottom)`, then 10 vote counts (neutral, happiness, surprise, "
+                                                       "sadness, anger, disgust, fear, contempt, unknown, NF)"),
+        "fer2013new.csv + fer2013.csv": ("the alternative source: header `Usage,Image name,neutral,...,unknown,NF` (a blank "
+                                         "image name: dropped by FER+), the pixels from fer2013.csv in the same row order"),
+    }
 
     def __init__(self, root: str | os.PathLike | None = None, *, source: str = "auto", label_mode: str = "majority",
                  drop_unknown: bool = False, ferplus_csv: str = "fer2013new.csv", fer2013_csv: str = "fer2013.csv",

@@ -158,6 +158,16 @@ def row_values(task: TaskSpec, labels: np.ndarray, exact: dict[str, float]) -> t
 class FolderDataModule(FaceDataModule):
     """Image folder + labels CSV with declared target kinds (VV / Flickr private-set shape); optional identity and split columns."""
 
+    expected_files = {
+        "labels.csv (csv_file)": ("a header row; the `path` column (path_column) holds image paths relative to root "
+                                  "(after image_dir); optional `identity` (identity_column) and `split` (split_column: "
+                                  "train / val / test) columns; every other column is a target"),
+        "targets.yaml": ("optional: `targets: {name: {kind: binary|multiclass|multilabel|ordinal, classes: "
+                         "[...], bin_edges: [...], column: ...}}` (or the targets argument; without either the"
+                         " kinds are inferred from the values)"),
+        "<image_dir>/...": "the images named in the path column",
+    }
+
     def __init__(self, root: str | os.PathLike | None = None, *, csv_file: str = "labels.csv", path_column: str = "path",
                  identity_column: str = "identity", split_column: str = "split", image_dir: str = "",
                  targets: dict[str, dict[str, Any]] | None = None, normalize_labels: bool = False, **kwargs):

@@ -103,6 +103,13 @@ def parse_lfwa_labels(path: Path) -> tuple[list[str], list[str], np.ndarray, lis
 class LFWADataModule(FaceDataModule):
     """LFWA: LFW images + 40 binary attributes from a CSV/text export; the papers' 6,263 / 6,880 split from a split file."""
 
+    expected_files = {
+        "lfw/<Name>/<Name>_NNNN.jpg": "LFW's images; the folder name is the identity",
+        "lfwa_attributes.csv (labels_file)": ("header `image,<attribute>,...` then one row per image (`Name/Name_0001.jpg` or "
+                                              "`Name_0001.jpg`), values 1 / -1 or 1 / 0; comma or whitespace separated"),
+        "lfwa_split.csv (split_file)": ("optional: header `image,split`, then train / val / test (or 0 / 1 / 2) per image; "
+                                        "without it the derived split"),
+    }
     has_identities = True
     default_split = {"fractions": (0.43, 0.05, 0.52), "by_identity": False}
 

@@ -278,6 +278,11 @@ class MixtureDataModule(FaceDataModule):
         member that does not set them (:data:`SHARED_OPTIONS`).
     """
 
+    expected_files = {
+        "(the members' files)": ("each member dataset reads its own files (see its entry); members: {name: "
+                                 "{datamodule: ..., args: {...}, rename: {...}}}"),
+    }
+
     def __init__(self, root: str | None = None, *, members: Mapping[str, Mapping[str, Any]] | None = None,
                  sampling: str | Mapping[str, float] = "balanced", epoch_size: int | None = None, batch_size: int = 64,
                  num_workers: int | None = None, image_size: int = 64, channels: int = 3, seed: int = 0,

@@ -76,6 +76,14 @@ def peer_disagreement(image: np.ndarray, rater: np.ndarray, label: np.ndarray, n
 class MultiRaterDataModule(FaceDataModule):
     """Crowd-labelled traits (FAD / PubFig style): long or wide rating CSV, majority labels, votes, rater filtering."""
 
+    expected_files = {
+        "ratings.csv (ratings_file)": ("long, header `image,rater,trait,label` (one row per rating), or wide, header "
+                                       "`image,rater,<trait>,...`; image: a path relative to root (after image_dir), label: "
+                                       "a class name (empty: no answer)"),
+        "images.csv (metadata_file)": ("optional: header `image` plus `identity` and / or `split` (train / val / test) "
+                                       "columns"),
+        "<image_dir>/...": "the images named in the image column",
+    }
     default_split = {"fractions": (0.7, 0.1, 0.2), "stratify": "all"}
 
     def __init__(self, root: str | os.PathLike | None = None, *, ratings_file: str = "ratings.csv",

@@ -74,6 +74,10 @@ def parse_utk_name(name: str) -> tuple[int, int, int] | str:
 class UTKFaceDataModule(FaceDataModule):
     """UTKFace: age (exact + 17 / 8 / 14 ordinal bins), gender, race (5) parsed from file names; derived stratified split."""
 
+    expected_files = {
+        "UTKFace/[age]_[gender]_[race]_[date&time].jpg.chip.jpg": ("the aligned chips, found recursively under root; the labels are the file name: age "
+                                                                   "0-116, gender 0 male / 1 female, race 0-4 (White, Black, Asian, Indian, Others)"),
+    }
     default_split = {"fractions": (0.8, 0.1, 0.1), "stratify": ["age8", "gender"]}
 
     def __init__(self, root: str | os.PathLike | None = None, *, age_bins: dict[str, Sequence[float]] | None = None,

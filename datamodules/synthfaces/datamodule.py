@@ -39,6 +39,13 @@ class SynthFacesDataModule(CelebADataModule):
     suite generate once.
     """
 
+    expected_files = {
+        "(nothing)": ("generated on first use into <cache_dir>/synthfaces-<hash>/ in CelebA's layout "
+                      "(list_attr_celeba.txt, list_eval_partition.txt, identity_CelebA.txt, "
+                      "list_landmarks_align_celeba.txt, img_align_celeba/) plus rater_votes.csv; root: "
+                      "write it there instead"),
+    }
+
     def __init__(self, root: str | os.PathLike | None = None, *, n_identities: int = 300, images_per_identity: int = 10,
                  render_size: int = 64, synth_seed: int = 0, wild: bool = False, wild_size: int | None = None,
                  n_raters: int = 3,
