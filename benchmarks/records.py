@@ -51,7 +51,8 @@ ID_COLUMNS = ["suite", "run_id", "method", "method_name", "dataset", "datamodule
 #: ``version_*`` (package versions) and ``data_*`` (the data's doubts), see :func:`is_run_column`.
 RUN_COLUMNS = frozenset(ID_COLUMNS + [
     "n_samples", "input_size", "input_channels", "n_targets", "params", "trainable_params", "flops_per_image",
-    "train_images_per_s", "train_time_s", "eval_time_s", "wall_time_s", "epochs", "train_samples",
+    "train_images_per_s", "train_images", "train_cpu_s", "train_forward_flops", "train_time_s", "eval_time_s",
+    "wall_time_s", "epochs", "train_samples",
     "thresholds_tuned_on", "threshold_criterion", "config_hash", "code_hash", "git_commit"])
 
 
@@ -126,6 +127,33 @@ def exact_ages(dm: Any, split: str, index: np.ndarray, task: TaskSpec) -> dict[s
     return out
 
 
+#: The suffix of a split scored without the items whose image duplicates a training image.
+DEDUP_SUFFIX = "_dedup"
+
+
+def deduplicated_splits(dm: Any, preds: dict[str, dict[str, np.ndarray]]) -> dict[str, dict[str, np.ndarray]]:
+    """Where the data has duplicate images across splits (``data_checks``' count), each evaluated
+    split again without its items whose image duplicates a training image: ``<split>_dedup``, the
+    same predictions (no retraining), for the leaderboard's deduplicated scores."""
+    from facebench.datamodules.duplicates import duplicates_of_training
+
+    checks = (getattr(dm, "report", {}) or {}).get("checks") or {}
+    tables = getattr(dm, "tables", {})
+    if not checks.get("cross_split_duplicates") or "train" not in tables:
+        return {}
+    splits = [s for s in preds if s in tables and s != "train"]
+    found = duplicates_of_training(tables, splits, dm.root, dm.cache_dir, dm.near_duplicates)
+    out = {}
+    for split, rows in found.items():
+        if not rows:
+            continue
+        p = preds[split]
+        keep = ~np.isin(p["index"], sorted(rows))
+        out[f"{split}{DEDUP_SUFFIX}"] = {k: v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v
+                                         for k, v in p.items()}
+    return out
+
+
 def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, collected: dict[str, dict[str, np.ndarray]],
                   timing: dict[str, float]) -> dict[str, Any]:
     task: TaskSpec = model.task
@@ -136,6 +164,7 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
         arrays = {**c, "ids": ids.astype(str), **exact_ages(dm, split, c["index"], task)}
         write_npz(run_dir / f"predictions_{split}.npz", **arrays)
         preds[split] = arrays
+    preds.update(deduplicated_splits(dm, preds))
     try:
         flops = model.flops_per_image()
     except Exception:  # noqa: BLE001  (a method whose forward cannot be traced still gets its results)
@@ -153,7 +182,9 @@ def write_records(run_dir: Path, cfg: dict[str, Any], model: Any, dm: Any, colle
         metrics.insert(0, k, v)
     extra = {"input_size": int(model.image_size), "input_channels": int(model.in_chans), "n_targets": len(task.targets),
              "params": model.parameter_count(), "trainable_params": model.parameter_count(trainable_only=True),
-             "flops_per_image": flops, "train_images_per_s": getattr(model, "train_images_per_s", math.nan), **timing,
+             "flops_per_image": flops, "train_images_per_s": getattr(model, "train_images_per_s", math.nan),
+             "train_images": getattr(model, "train_images", 0), "train_cpu_s": getattr(model, "train_cpu_s", math.nan),
+             "train_forward_flops": flops * getattr(model, "train_images", 0) if flops > 0 else math.nan, **timing,
              "thresholds_tuned_on": tune_on if tune_on in preds else "", "threshold_criterion": criterion,
              **provenance(cfg), **{f"data_{k}": v for k, v in (getattr(dm, "report", {}).get("checks") or {}).items()}}
     for k, v in extra.items():

@@ -211,6 +211,21 @@ def check_options(duplicate_rows: str, dedupe: dict[str, str] | None,
             None if near_duplicates is None else int(near_duplicates))
 
 
+def duplicates_of_training(tables: dict[str, SampleTable], splits: Iterable[str], root: str | os.PathLike | None,
+                           cache_dir: str | os.PathLike | None, near: int | None = None) -> dict[str, set[int]]:
+    """Per split of ``splits`` (``val`` / ``test``), the rows whose image duplicates a training image
+    (same bytes, or with ``near`` near-duplicates)."""
+    splits = [s for s in splits if s in tables and s != "train"]
+    wanted = {s: tables[s] for s in ("train", *splits) if s in tables}
+    found: dict[str, set[int]] = {s: set() for s in splits}
+    for group in split_groups(wanted, root, cache_dir, near):
+        if any(s == "train" for s, _ in group):
+            for s, i in group:
+                if s in found:
+                    found[s].add(i)
+    return found
+
+
 def drop_duplicates(tables: dict[str, SampleTable], splits: Iterable[str], files: DatasetFiles,
                     near: int | None = None) -> tuple[dict[str, SampleTable], dict[str, Any]]:
     """``dedupe``: drop the items of ``splits`` (``val`` / ``test``) whose image duplicates a
@@ -218,14 +233,7 @@ def drop_duplicates(tables: dict[str, SampleTable], splits: Iterable[str], files
     (the datamodule's ``report["dedupe"]``)."""
     if "train" not in tables:
         raise ValueError(f"{files.name}: dedupe needs a train split; splits: {', '.join(tables)}")
-    splits = list(splits)
-    wanted = {s: tables[s] for s in ("train", *splits) if s in tables}
-    drop: dict[str, set[int]] = {s: set() for s in splits if s in tables}
-    for group in split_groups(wanted, files.root, files.cache_dir, near):
-        if any(s == "train" for s, _ in group):
-            for s, i in group:
-                if s in drop:
-                    drop[s].add(i)
+    drop = duplicates_of_training(tables, splits, files.root, files.cache_dir, near)
     out, report = dict(tables), {}
     for s, idx in drop.items():
         report[s] = {"dropped": len(idx), "items": [tables[s].paths[i] for i in sorted(idx)][:100]}

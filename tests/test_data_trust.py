@@ -424,6 +424,9 @@ def test_strict_refuses_cross_split_duplicates_and_data_errors_are_one_line(writ
     assert main(["run", str(suite), "--in-process", "--force"]) == 0                # without --strict it runs ...
     board = pd.read_csv(tmp_path / "results" / "leaderboard.csv")
     assert (board["data_cross_split_duplicates"] == 1).all()                           # ... and the report says so
+    test, dedup = board[board["split"] == "test"], board[board["split"] == "test_dedup"]
+    assert len(dedup) == len(test) > 0                       # ... and scores the test split without the copy too
+    assert (dedup["n_samples"] == test["n_samples"].iloc[0] - 1).all()
     (root / "list_attr_celeba.txt").write_text((root / "list_attr_celeba.txt").read_text().replace(" 1", " 2", 1))
     assert main(["run", str(suite), "--in-process", "--force"]) == 1
     err = capsys.readouterr().err

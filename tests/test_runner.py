@@ -78,8 +78,12 @@ def test_run_writes_leaderboard_records_and_provenance(finished_suite):
     suite, results, proc = finished_suite
     board = read_csv(results / "leaderboard.csv")
     for col in ("method", "dataset", "split", "seed", "attribute", "accuracy", "balanced_accuracy", "auroc",
-                "config_hash", "git_commit", "version_torch", "version_lightning", "params", "wall_time_s"):
+                "config_hash", "code_hash", "git_commit", "version_torch", "version_lightning", "params", "wall_time_s",
+                "train_cpu_s", "train_images", "train_forward_flops"):
         assert col in board.columns, col
+    cost = board[(board["method"] == "resnet") & (board["split"] == "test")].iloc[0]
+    assert cost["train_cpu_s"] > 0 and cost["train_images"] > 0                 # what the training cost
+    assert cost["train_forward_flops"] == pytest.approx(cost["flops_per_image"] * cost["train_images"], rel=1e-5)
     test = board[(board["split"] == "test") & (board["class"] == "")]
     assert set(test["method"]) == {"majority", "resnet"}
     assert test.groupby("method").size().tolist() == [39, 39]          # every rendered attribute
