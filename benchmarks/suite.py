@@ -25,8 +25,10 @@ Schema (every key is checked; an unknown key names itself and the allowed ones):
     multitask: {baseline: single_task, metrics: [f1, accuracy]}  # report only: Δm% vs that method key
 
 Datasets also take ``description``, ``subgroups`` and ``target_subsets`` (read by the reports);
-methods ``description``, ``reported`` (the paper's figures the leaderboard compares with) and
-``report`` (copied into each run's config; no report reads it at present).
+methods ``description``, ``reported`` (the paper's figures the leaderboard compares with),
+``budget`` (the name of the compute family the method is trained in, e.g. ``rgb64``: the
+cross-suite leaderboard ranks rows within a family) and ``report`` (copied into each run's config;
+no report reads it at present).
 
 Before anything runs, the keys, the trainer arguments, the early-stopping values, the ``timm``
 backbones and every method's and dataset's arguments are checked (:mod:`facebench.benchmarks.suite_checks`).
@@ -55,7 +57,7 @@ SUITE_KEYS = {"name", "description", "results_dir", "seeds", "trainer", "early_s
               "methods", "matrix", "evaluation", "multitask", "plugins"}
 DATASET_KEYS = {"datamodule", "args", "description", "subgroups", "target_subsets"}
 METHOD_KEYS = {"method", "args", "trainer", "datamodule_args", "init_from", "grid", "datasets", "description",
-               "early_stopping", "report", "reported"}
+               "early_stopping", "report", "reported", "budget"}
 MATRIX_KEYS = {"exclude"}
 LOGGING_KEYS = {"wandb", "csv"}
 WANDB_KEYS = {"enabled", "mode", "project", "entity", "tags", "log_model"}
