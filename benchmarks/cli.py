@@ -1,12 +1,16 @@
-"""The ``facebench`` command.
+"""The ``facebench`` command (``facebench -h`` lists every command, ``facebench COMMAND -h`` its options).
 
-    facebench run [SUITE] [--only PAT ...] [--shard i/n] [--force] [--strict] [--set key=value ...]
+    facebench run [SUITE] [--only PAT ...] [--shard i/n] [--force] [--strict] [--set key=value ...] [--plugins MOD ...]
     facebench report [RESULTS_DIR] | --all
+    facebench evaluate PREDICTIONS.csv ... --dataset KEY [--suite SUITE] [--split test ...] [--method NAME]
     facebench synth --format celeba --out DIR --n N --seed S
     facebench inspect --dataset NAME --root DIR [--json] [--set key=value ...]
-    facebench list {methods,datasets,suites,weightings} [--json]
     facebench predict --run RUN_DIR IMAGES... [--detect] [--out CSV]
     facebench analyze NAME [ARGS...]      (the paper analyses of benchmarks/analyses/)
+    facebench list {methods,datasets,suites,weightings} [--json] [--cost] [--plugins MOD ...]
+
+Errors a user can fix (a suite key, a data file, a predictions file) are one line, without a
+traceback; warnings are one ``[facebench] warning: ...`` line each (library warnings with ``run -v``).
 """
 
 from __future__ import annotations
@@ -18,29 +22,41 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-import yaml
 
 from facebench.benchmarks.overrides import parse_sets
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     from facebench.benchmarks.logging_setup import set_verbose
-    from facebench.benchmarks.runner import run_suite
-
+    from facebench.benchmarks.suite import load_suite
     from facebench.benchmarks.worker import STRICT_DATA_ENV
+    from facebench.core.plugins import PLUGINS_ENV, plugins_from_env
 
     set_verbose(args.verbose)   # the workers inherit it (FACEBENCH_VERBOSE)
-    before = os.environ.get(STRICT_DATA_ENV)
+    saved = {k: os.environ.get(k) for k in (STRICT_DATA_ENV, PLUGINS_ENV)}
     os.environ[STRICT_DATA_ENV] = "1" if args.strict else "0"   # the workers inherit it
+    if args.plugins:   # load_suite imports them and writes them into each run's config for its worker
+        os.environ[PLUGINS_ENV] = ",".join(dict.fromkeys(plugins_from_env() + args.plugins))
     try:
+        # every check of the suite, before the runner (and torch) load: a typo fails in a second
+        load_suite(args.suite, results_root=args.results, overrides=parse_sets(args.set))
+        from facebench.benchmarks.runner import run_suite
+
         outcomes = run_suite(args.suite, only=args.only, shard=args.shard, force=args.force, results_root=args.results,
                              overrides=parse_sets(args.set), in_process=args.in_process, allow_dirty=args.allow_dirty)
     finally:
-        if before is None:
-            os.environ.pop(STRICT_DATA_ENV, None)
-        else:
-            os.environ[STRICT_DATA_ENV] = before
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     return 1 if any(o.state in ("failed", "blocked") for o in outcomes) else 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from facebench.benchmarks.evaluate import run
+
+    return run(args)
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -78,43 +94,17 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    if args.what == "methods":
-        from facebench.lightning_modules.describe import describe_methods
+    from facebench.benchmarks.list_command import run
 
-        rows = describe_methods()
-        if args.json:
-            print(json.dumps(rows, indent=1))
-        else:
-            import pandas as pd
-
-            print(pd.DataFrame(rows).to_string(index=False))
-    elif args.what == "weightings":
-        from facebench.lightning_modules.weighting import WEIGHTINGS
-
-        rows = [{"name": n, "kind": "gradient" if cls.gradient_based else "loss",
-                 "doc": " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())} for n, cls in WEIGHTINGS.items()]
-        print(json.dumps(rows, indent=1) if args.json else "\n".join(f"{r['name']:<12} {r['kind']:<9} {r['doc']}" for r in rows))
-    elif args.what == "datasets":
-        from facebench.datamodules.base import datamodule_names, get_datamodule_class
-
-        rows = [{"name": n, "class": get_datamodule_class(n).__name__,
-                 "doc": (get_datamodule_class(n).__doc__ or "").strip().splitlines()[0]} for n in datamodule_names()]
-        print(json.dumps(rows, indent=1) if args.json else "\n".join(f"{r['name']:<14} {r['doc']}" for r in rows))
-    else:
-        from facebench.benchmarks.suite import SUITES_DIR
-
-        rows = []
-        for p in sorted(SUITES_DIR.glob("*.yaml")):
-            raw = yaml.safe_load(p.read_text()) or {}
-            rows.append({"name": p.stem, "description": raw.get("description", "").strip()})
-        print(json.dumps(rows, indent=1) if args.json else "\n".join(f"{r['name']:<14} {r['description']}" for r in rows))
-    return 0
+    return run(args)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="facebench", description="Face attribute benchmark suite.")
-    sub = p.add_subparsers(dest="command")
-    r = sub.add_parser("run", help="train and evaluate a suite (default: quick)")
+    p = argparse.ArgumentParser(prog="facebench", description="Face attribute benchmark suite: the methods of five "
+                                "papers, datasets, a suite runner and leaderboards. 'facebench COMMAND -h' for a command's "
+                                "options.")
+    sub = p.add_subparsers(dest="command", title="commands", metavar="COMMAND")
+    r = sub.add_parser("run", help="train and evaluate a suite's runs, then build its reports (default suite: quick)")
     r.add_argument("suite", nargs="?", default="quick", help="suite name (benchmarks/suites/NAME.yaml) or YAML path")
     r.add_argument("--only", nargs="+", help="run ids, method or dataset keys (fnmatch patterns)")
     r.add_argument("--shard", help="i/n: run the i-th of n disjoint parts of the suite")
@@ -123,6 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--results", help="results root (default: results/)")
     r.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="override suite keys, e.g. trainer.devices=2")
     r.add_argument("--in-process", action="store_true", help="run in this process (debugging)")
+    r.add_argument("--plugins", nargs="+", metavar="MODULE",
+                   help="your modules to import first (they register methods), as the suite's plugins: key")
     r.add_argument("--allow-dirty", action="store_true",
                    help="write into the source checkout's results/ although the code has uncommitted changes "
                         "(the rows then carry the commit with +dirty)")
@@ -131,30 +123,60 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("-v", "--verbose", action="store_true",
                    help="also show Lightning's info lines, library warnings and W&B's messages")
     r.set_defaults(func=cmd_run)
-    rp = sub.add_parser("report", help="rebuild leaderboards and tables from result records")
+    rp = sub.add_parser("report", help="rebuild a results folder's leaderboard, tables and figures from its run records")
     rp.add_argument("results_dir", nargs="?", default="quick")
     rp.add_argument("--all", action="store_true",
                     help="the cross-suite leaderboard: results/LEADERBOARD.md and results/leaderboard.csv from every "
                          "committed results/<suite>/leaderboard.csv")
     rp.set_defaults(func=cmd_report)
-    s = sub.add_parser("synth", help="write SynthFaces in a dataset's on-disk format", add_help=False)
-    s.set_defaults(func=None)
-    i = sub.add_parser("inspect", help="what a dataset holds, before training")
+    ev = sub.add_parser("evaluate", help="score a CSV of predictions against a dataset split, as a leaderboard run")
+    from facebench.benchmarks.evaluate import add_arguments as evaluate_arguments
+
+    evaluate_arguments(ev)
+    ev.set_defaults(func=cmd_evaluate)
+    for name, text in PASS_THROUGH.items():   # their own parsers: dispatched before this one (main)
+        sub.add_parser(name, help=text, add_help=False).set_defaults(func=None)
+    i = sub.add_parser("inspect", help="what a dataset holds before training: splits, prevalence, identities, duplicates")
     i.add_argument("--dataset", required=True)
     i.add_argument("--root", required=False)
     i.add_argument("--json", action="store_true")
     i.add_argument("--no-file-checks", action="store_true", help="skip hashing files for duplicates")
     i.add_argument("--set", nargs="+", metavar="KEY=VALUE", help="datamodule arguments")
     i.set_defaults(func=cmd_inspect)
-    ls = sub.add_parser("list", help="registered methods, datasets or suites")
-    ls.add_argument("what", choices=["methods", "datasets", "suites", "weightings"])
-    ls.add_argument("--json", action="store_true")
+    ls = sub.add_parser("list", help="methods (paper, arguments), datasets (expected files), suites or weightings")
+    from facebench.benchmarks.list_command import add_arguments as list_arguments
+
+    list_arguments(ls)
     ls.set_defaults(func=cmd_list)
     return p
 
 
+#: Commands with their own argument parsers, dispatched before the main parser (which lists them).
+PASS_THROUGH = {
+    "synth": "write SynthFaces, the embedded synthetic dataset, in a real dataset's file layout",
+    "predict": "a finished run's per-target probabilities for new images, as a CSV",
+    "analyze": "the papers' analyses on finished runs (facebench analyze NAME -h)",
+}
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from facebench.benchmarks.logging_setup import configure_warnings
+
+    configure_warnings()   # one "[facebench] warning: ..." line each
     argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return _dispatch(argv)
+    except Exception as exc:  # noqa: BLE001  (user-facing errors as one line)
+        from facebench.benchmarks.suite import SuiteConfigError
+        from facebench.datamodules.formats import DatasetFormatError
+
+        if isinstance(exc, (SuiteConfigError, DatasetFormatError, FileNotFoundError, ValueError)):
+            print(f"facebench: error: {exc}", file=sys.stderr)
+            return 2
+        raise
+
+
+def _dispatch(argv: list[str]) -> int:
     if argv and argv[0] == "analyze":
         from facebench.benchmarks.analyses import analysis_names, run_analysis
 
@@ -172,16 +194,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return synth_main(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv or ["run"])
-    try:
-        return args.func(args)
-    except Exception as exc:  # noqa: BLE001  (user-facing errors as one line)
-        from facebench.benchmarks.suite import SuiteConfigError
-        from facebench.datamodules.formats import DatasetFormatError
-
-        if isinstance(exc, (SuiteConfigError, DatasetFormatError, FileNotFoundError, ValueError)):
-            print(f"facebench: error: {exc}", file=sys.stderr)
-            return 2
-        raise
+    return args.func(args)
 
 
 if __name__ == "__main__":

@@ -9,13 +9,17 @@ W&B settings come from the suite's ``logging.wandb`` (``enabled``, ``mode``: off
 Output: by default a run shows what the user needs (progress, stage, figures, paths); Lightning's
 informational lines ("GPU available", tips, "Restoring states ..."), library warnings nobody can act
 on and W&B's own messages are shown only with ``facebench run --verbose``, which sets
-``FACEBENCH_VERBOSE=1`` for the worker processes.
+``FACEBENCH_VERBOSE=1`` for the worker processes. Every warning shown is one line,
+``[facebench] warning: <message>`` (no source line, no category); a warning is a library's when the
+code that raised it is a third-party package (Lightning, torch, timm, W&B, ...): facebench's own
+warnings and those of the user's modules (plugins) always show.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import sys
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -50,9 +54,49 @@ def is_verbose() -> bool:
     return os.environ.get(VERBOSE_ENV, "") not in ("", "0")
 
 
+def _warning_origin() -> str:
+    """The module whose code called ``warnings.warn`` (the first frame above the warnings machinery)."""
+    frame = sys._getframe(2)
+    while frame is not None and frame.f_globals.get("__name__") in ("warnings", __name__):
+        frame = frame.f_back
+    return frame.f_globals.get("__name__", "") if frame is not None else ""
+
+
+def is_library_module(module: str, filename: str = "") -> bool:
+    """A third-party package (installed under site-packages, or Python's own library), not facebench
+    and not the user's modules."""
+    if module == "facebench" or module.startswith("facebench."):
+        return False
+    top = sys.modules.get(module.split(".")[0])
+    path = getattr(top, "__file__", None) or filename or ""
+    return "site-packages" in path or "dist-packages" in path or path.startswith(sys.base_prefix)
+
+
+def show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None,
+                 line: str | None = None) -> None:
+    """``warnings.showwarning``: one ``[facebench] warning: ...`` line; library warnings only when verbose."""
+    origin = _warning_origin()
+    library = is_library_module(origin, filename)
+    if library and not is_verbose():
+        return
+    text = " ".join(str(message).split())
+    where = f" ({origin.split('.')[0]})" if library else ""
+    try:
+        print(f"[facebench] warning{where}: {text}", file=file or sys.stderr, flush=True)
+    except (OSError, ValueError):   # a closed stream: nothing to show it on
+        pass
+
+
+def configure_warnings() -> None:
+    """Every warning as one ``[facebench] warning: ...`` line (:func:`show_warning`)."""
+    warnings.showwarning = show_warning
+
+
 def configure_output(verbose: bool | None = None) -> None:
-    """Unless verbose (default: :func:`is_verbose`), keep Lightning's info lines, the warnings of
-    :data:`QUIET_WARNINGS` and W&B's messages out of the run's output."""
+    """Warnings as one line each (:func:`configure_warnings`); unless verbose (default:
+    :func:`is_verbose`), keep Lightning's info lines, library warnings (those of :data:`QUIET_WARNINGS`
+    are not even recorded) and W&B's messages out of the run's output."""
+    configure_warnings()
     if is_verbose() if verbose is None else verbose:
         return
     for name in LIGHTNING_INFO_LOGGERS:
