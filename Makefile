@@ -1,5 +1,5 @@
 # facebench: the two commands of the quick start.
-#   make bench   create .venv, install facebench, run the default suite (SynthFaces, CPU) and its leaderboard
+#   make bench   create .venv, install facebench, run the default suite (SynthFaces, CPU); the run prints its leaderboard
 #   make test    create .venv, install facebench with its test extras, run the tests
 #   make test-fast  the same without the end-to-end tests marked slow (a few minutes on 2 cores)
 PYTHON ?= python3
@@ -23,9 +23,9 @@ $(VENV)/.installed-dev: pyproject.toml | $(BIN)/python
 install: $(VENV)/.installed
 install-dev: $(VENV)/.installed-dev
 
+# facebench run builds the suite's reports (leaderboard, tables, figures) and prints the summary once it is done
 bench: install
 	$(BIN)/facebench run
-	$(BIN)/facebench report quick
 
 # pytest exits 5 when it collected no tests: that is a failure here too
 test: install-dev

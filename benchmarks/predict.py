@@ -40,11 +40,13 @@ def _expand(paths: Sequence[str]) -> list[Path]:
 
 
 def load_run_model(run_dir: Path) -> tuple[torch.nn.Module, dict]:
+    from facebench.core.plugins import import_plugins
     from facebench.lightning_modules.registry import get_method_class
 
     folder = RunFolder(run_dir)
     cfg = folder.config()
     ckpt = folder.trained_checkpoint()
+    import_plugins(cfg.get("plugins"))   # the run's plugin modules register its method
     cls = get_method_class(cfg["method"]["name"])
     model = cls.load_from_checkpoint(str(ckpt), map_location="cpu", init_checkpoint=None)
     model.eval()
