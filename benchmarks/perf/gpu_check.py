@@ -224,6 +224,7 @@ def measure(cfg: dict[str, Any], dm: Any, args: dict[str, Any], variant: str, so
         trainer.fit(model, train_dataloaders=as_loader(device_batches(model, dm.task, dm.batch_size, device), warmup + steps))
     else:
         trainer.fit(model, datamodule=dm)
+        dm.trainer = None   # the next configuration's fit attaches its own (this one's loader workers can go)
     seconds = window.t1 - window.t0
     if trainer.global_step < warmup + steps or seconds <= 0 or not window.images:
         raise RuntimeError(f"{cfg['method_key']} / {variant}: trained {trainer.global_step} of {warmup + steps} steps "
