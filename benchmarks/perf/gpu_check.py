@@ -222,8 +222,10 @@ def measure(cfg: dict[str, Any], dm: Any, args: dict[str, Any], variant: str, so
         torch.cuda.reset_peak_memory_stats(device)
     if source == "gpu_tensors":
         trainer.fit(model, train_dataloaders=as_loader(device_batches(model, dm.task, dm.batch_size, device), warmup + steps))
+        augment_on = "none (tensors on the device)"
     else:
         trainer.fit(model, datamodule=dm)
+        augment_on = "batch" if dm.augment_in_batches() else "worker"
         dm.trainer = None   # the next configuration's fit attaches its own (this one's loader workers can go)
     seconds = window.t1 - window.t0
     if trainer.global_step < warmup + steps or seconds <= 0 or not window.images:
@@ -235,8 +237,7 @@ def measure(cfg: dict[str, Any], dm: Any, args: dict[str, Any], variant: str, so
     return {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
             "precision": str(trainer.precision),
             "channels_last": bool(model.channels_last_arg or (model.channels_last_arg is None and device.type == "cuda")),
-            "torch_compile": bool(model.torch_compile_cfg), "augment_on": "none (tensors on the device)"
-            if source == "gpu_tensors" else ("batch" if dm.augment_in_batches() else "worker"),
+            "torch_compile": bool(model.torch_compile_cfg), "augment_on": augment_on,
             "batch_size": dm.batch_size, "input_size": model.image_size, "steps": steps,
             "warmup_s": window.t0 - window.fit_t0, "images_per_s": ips, "steps_per_s": steps / seconds,
             "gpu_util_pct": window.utilisation, "peak_gpu_mem_mb": peak, "train_images": train_images,
