@@ -11,7 +11,12 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
 ``results/LEADERBOARD.md`` (one table per dataset, best mean accuracy first). Per row:
 
 * the headline metrics on the test split, each the mean over the dataset's targets for one seed,
-  then the mean over seeds with a 95% Student-t interval (``± half-width``; one seed: no interval);
+  then the mean over seeds with its 95% interval (``± half-width``; one seed: no interval): the
+  seed-aware interval of :mod:`facebench.benchmarks.stats`, with the test-image term where the
+  suite commits per-image predictions (``records/``; column ``interval`` says which);
+* accuracy and balanced accuracy also over the *powered* targets (at least ``MIN_POSITIVES``
+  positive and negative test images) and the *label-consistent* ones (without High_Cheekbones,
+  Pointy_Nose, Oval_Face), :mod:`facebench.benchmarks.attribute_support`;
 * the settings: input size and channels, epochs trained, training images, parameters, forward
   FLOPs per image, targets, seeds;
 * where the suite names the published row and the paper reports the same dataset: the paper's
@@ -23,8 +28,9 @@ Output: ``results/leaderboard.csv`` (one row per suite, dataset and method) and
 * where the suite names protected attributes (``subgroups``): the mean over targets of the
   worst-group accuracy and of the equal-opportunity difference per protected attribute (from the
   suite's committed ``subgroups.csv``);
-* where the suite names a single-task baseline (``multitask``): Δm% against it and the mean rank
-  over tasks (from the suite's committed ``multitask.csv``, :mod:`facebench.benchmarks.multitask_report`);
+* where the suite names a single-task baseline (``multitask``): Δm% against it (FAMO's sign: a
+  drop, lower is better), its interval and p-value, and the mean rank over tasks (from the suite's
+  committed ``multitask.csv``, :mod:`facebench.benchmarks.multitask_report`);
 * what ``facebench inspect`` counted on the data (skipped files, cross-split duplicates, repeated
   and conflicting rows, test items dropped by ``dedupe``), where the records carry it.
 
@@ -42,7 +48,8 @@ import numpy as np
 import pandas as pd
 
 from facebench.core.paths import results_root as default_results_root
-from facebench.benchmarks.stats import seed_summary
+from facebench.benchmarks.attribute_support import MIN_POSITIVES, average_subsets, leaderboard_support, row_labels
+from facebench.benchmarks.stats import RunPredictions, image_variance, seed_influence, seed_interval
 from facebench.benchmarks.run_folder import read_suite_snapshot, suite_notes
 from facebench.benchmarks.tables import load_reported
 from facebench.core.io import read_json, write_csv, write_text
@@ -55,8 +62,13 @@ DATA_CHECKS = ("data_skipped_files", "data_cross_split_duplicates", "data_repeat
                "data_dedupe_dropped")
 #: Subgroup aggregates carried into the cross-suite table, per protected attribute.
 SUBGROUP_AGGREGATES = ("worst_group_accuracy", "equal_opportunity_difference")
-#: Δm% against the suite's single-task baseline and the mean rank over tasks (suites with ``multitask``).
-MULTITASK_COLUMNS = ("delta_m_pct", "delta_m_ci95", "mean_rank")
+#: Δm% against the suite's single-task baseline (FAMO's sign: a drop, lower is better), its interval and
+#: p-value, and the mean rank over tasks (suites with ``multitask``).
+MULTITASK_COLUMNS = ("delta_m_drop_pct", "delta_m_ci95", "delta_m_p_value", "mean_rank")
+#: Metrics averaged over the powered and the label-consistent targets too (``<metric>_powered``, ...).
+SUBSET_METRICS = ("accuracy", "balanced_accuracy")
+#: Those averages (:mod:`facebench.benchmarks.attribute_support`), as column-name parts.
+SUBSETS = ("powered", "label_consistent")
 #: Training images of the full datasets the papers report on (official training splits).
 FULL_TRAINING_IMAGES: dict[str, int] = {"celeba": 162_770, "lfwa": 6_263, "ferplus": 28_558, "fer2013": 28_709}
 
@@ -110,18 +122,46 @@ def subgroup_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, dict[st
 
 
 def multitask_columns(suite_dir: Path) -> dict[tuple[str, str], dict[str, float]]:
-    """``{(dataset, method): {delta_m_pct, delta_m_ci95, mean_rank}}`` from a suite's committed
+    """``{(dataset, method): {delta_m_drop_pct, delta_m_ci95, delta_m_p_value, mean_rank}}`` from a suite's committed
     ``multitask.csv`` (:mod:`facebench.benchmarks.multitask_report`; empty when the suite has none)."""
     path = suite_dir / "multitask.csv"
     if not path.is_file():
         return {}
-    rows = pd.read_csv(path)
+    rows = pd.read_csv(path).rename(columns={"p_value": "delta_m_p_value"})
     cols = [c for c in MULTITASK_COLUMNS if c in rows.columns]
     return {(str(r["dataset"]), str(r["method"])): {c: float(r[c]) for c in cols} for _, r in rows.iterrows()}
 
 
-def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
-    """One leaderboard row per (dataset, method) of one suite's committed ``leaderboard.csv``."""
+def mean_interval(grp: pd.DataFrame, metric: str, rows: list[str] | None = None,
+                  runs: dict[tuple[str, str, int], RunPredictions] | None = None) -> dict[str, Any]:
+    """A method's mean over targets (``rows``, default all it has) per seed, then over seeds with the
+    seed-aware interval (:func:`facebench.benchmarks.stats.seed_interval`; the image term where
+    ``runs`` holds the per-image predictions of every seed). Seeds lacking a row are left out."""
+    g = grp[grp[metric].notna()]
+    labels = row_labels(g["attribute"], g["class"])
+    if rows is not None:
+        keep = labels.isin(rows)
+        g, labels = g[keep], labels[keep]
+    counts = labels.groupby(g["seed"]).nunique()
+    want = len(rows) if rows is not None else labels.nunique()
+    seeds = sorted(int(s) for s in counts.index[counts == want])
+    per_seed = g[g["seed"].isin(seeds)].groupby("seed")[metric].mean()
+    iv = None
+    if runs and len(seeds) > 1:
+        dataset, method = str(grp["dataset"].iloc[0]), str(grp["method"].iloc[0])
+        delta = seed_influence([runs.get((dataset, method, s)) for s in seeds], list(dict.fromkeys(labels)), metric)
+        if delta is not None:
+            iv = float(image_variance(delta.mean(axis=2)[:, :, None])[0])
+            iv = iv if np.isfinite(iv) else None
+    out = seed_interval(per_seed.to_numpy(), iv)
+    out["variance"] = "seeds + images" if iv is not None and out["seeds"] > 1 else "seeds"
+    return out
+
+
+def suite_rows(suite_dir: Path, reported: pd.DataFrame, runs: list[RunPredictions] | None = None) -> list[dict[str, Any]]:
+    """One leaderboard row per (dataset, method) of one suite's committed ``leaderboard.csv``
+    (``runs``: per-image predictions for the image term of the intervals; default: the suite's
+    committed records, where it keeps them)."""
     board = pd.read_csv(suite_dir / "leaderboard.csv", keep_default_na=False, na_values=["nan", "NaN", ""])
     info = read_json(suite_dir / "leaderboard_info.json", {}) or {}
     suite = info.get("suite") or suite_dir.name
@@ -130,6 +170,12 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
     subgroup_means = subgroup_columns(suite_dir)
     multitask = multitask_columns(suite_dir)
     targets = _target_rows(board)
+    if runs is None and (suite_dir / "records").is_dir():
+        from facebench.benchmarks.stats import results_predictions
+
+        runs = results_predictions(suite_dir)
+    by_run = {(r.dataset, r.method, int(r.seed)): r for r in runs or []}
+    support = leaderboard_support(board)
     for (dataset, method), grp in targets.groupby(["dataset", "method"], sort=True):
         per_seed = grp.groupby("seed")[[m for m in HEADLINE if m in grp.columns]].mean()
         if per_seed.isna().all().all():
@@ -138,10 +184,19 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame) -> list[dict[str, Any]]:
         for metric in HEADLINE:
             if metric not in per_seed:
                 continue
-            s = seed_summary(per_seed[metric])
+            s = mean_interval(grp, metric, runs=by_run) if metric != "auroc" else mean_interval(grp, metric)
             row[f"{metric}"] = s["mean"]
-            row[f"{metric}_ci95"] = (s["ci95_high"] - s["mean"]) if s["seeds"] > 1 else math.nan
-            row["seeds"] = int(s["seeds"])
+            row[f"{metric}_ci95"] = s["half"]
+            row["seeds"] = int(per_seed[metric].notna().sum())
+            if metric == "accuracy":
+                row["interval"] = s["variance"]
+        labels = list(dict.fromkeys(row_labels(grp["attribute"], grp["class"])))
+        for name, members in average_subsets(support, dataset, labels, MIN_POSITIVES).items():
+            key = name.replace("-", "_")
+            row[f"{key}_targets"] = len(members)
+            for metric in [m for m in SUBSET_METRICS if m in grp.columns]:
+                s = mean_interval(grp, metric, members, by_run)
+                row[f"{metric}_{key}"], row[f"{metric}_{key}_ci95"] = s["mean"], s["half"]
         if "rater_accuracy_loo" in grp and grp["rater_accuracy_loo"].notna().any():
             # over the targets that have votes only (a mixture also has targets without raters)
             # and scored like the raters: the model against the others' majority on the same images
@@ -212,8 +267,10 @@ def build_cross_suite(results_root: str | Path | None = None, reported_path: str
     if not rows:
         return pd.DataFrame()
     df = pd.DataFrame(rows)
-    order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", *MULTITASK_COLUMNS, "human_ceiling",
-             "gap_to_human", *SETTINGS, "paper_accuracy", "paper", "note"]
+    subsets = [c for key in SUBSETS for c in (*[x for m in SUBSET_METRICS for x in (f"{m}_{key}", f"{m}_{key}_ci95")],
+                                               f"{key}_targets")]
+    order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", "interval", *subsets,
+             *MULTITASK_COLUMNS, "human_ceiling", "gap_to_human", *SETTINGS, "paper_accuracy", "paper", "note"]
     extra = sorted(c for c in df.columns if c not in order)     # subgroup aggregates and data checks
     df = df[[c for c in order if c in df.columns] + extra]
     return df.sort_values(["suite", "dataset", "accuracy", "method"], ascending=[True, True, False, True]).reset_index(drop=True)
@@ -224,29 +281,46 @@ def to_markdown(df: pd.DataFrame) -> str:
     lines = ["# facebench leaderboard", "",
              "Built by `facebench report --all` from the committed `results/<suite>/leaderboard.csv` files (test split).",
              "Accuracy, balanced accuracy and AUROC are means over the dataset's targets, in percent: the mean over",
-             "seeds ± the half-width of its 95% Student-t interval. Paper: the published value of the same method on",
-             "the full dataset (mean over the same targets), where the suite links one; the scale note says how much",
-             "less data the CPU suites train on. Synthetic-data suites test the code; they are not evidence about a paper.",
-             ""]
+             "seeds ± the half-width of its 95% interval, Student t over seeds (the seed is the unit of replication;",
+             "where a suite commits per-image predictions the interval also carries the test-image sampling variance,",
+             "`benchmarks/stats.py`; ± 0.00: the seeds give the same result). Beside the average over all targets:",
+             f"acc. (powered N), the mean accuracy over the N targets with at least {MIN_POSITIVES} positive and negative "
+             "test images, and",
+             "acc. (label-consistent N), without High_Cheekbones, Pointy_Nose and Oval_Face (essentially random annotator",
+             "consistency: Wu et al., CVPRW 2023, arXiv 2210.07356); balanced accuracy over both sets in `leaderboard.csv`.",
+             "Δm%: against the suite's single-task baseline in FAMO's sign, a performance drop (lower is better, negative",
+             "= better than the baseline; `results/<suite>/multitask.md`), with its p-value (paired t over seeds).",
+             "Paper: the published value of the same method on the full dataset (mean over the same targets), where the",
+             "suite links one; the scale note says how much less data the CPU suites train on. Synthetic-data suites",
+             "test the code; they are not evidence about a paper.", ""]
     for (suite, dataset), grp in df.groupby(["suite", "dataset"], sort=True):
         lines += [f"## {dataset} (suite `{suite}`, `results/{suite}/leaderboard.csv`)", ""]
         human = "human_ceiling" in grp and grp["human_ceiling"].notna().any()
         fairness = [c for c in grp.columns if c.split("[")[0] in SUBGROUP_AGGREGATES and grp[c].notna().any()]
-        multitask = "delta_m_pct" in grp and grp["delta_m_pct"].notna().any()
-        head = ["method", "accuracy", "balanced acc.", "AUROC", "seeds"] + (["human ceiling", "gap"] if human else []) + \
-               (["Δm% vs single-task", "mean rank"] if multitask else []) + \
+        multitask = "delta_m_drop_pct" in grp and grp["delta_m_drop_pct"].notna().any()
+        subsets = [k for k in SUBSETS if f"accuracy_{k}" in grp and grp[f"accuracy_{k}"].notna().any()]
+        sizes = {k: sorted({int(n) for n in grp[f"{k}_targets"].dropna()}) for k in subsets}
+        head = ["method", "accuracy"] + [f"acc. ({k.replace('_', '-')}" + (f" {sizes[k][0]})" if len(sizes[k]) == 1 else ")")
+                                         for k in subsets] + ["balanced acc.", "AUROC", "seeds"] + \
+               (["human ceiling", "gap"] if human else []) + \
+               (["Δm% drop vs single-task", "p (Δm%)", "mean rank"] if multitask else []) + \
                [f"{'worst-group acc.' if c.startswith('worst') else 'EO diff.'} {c[c.index('['):]}" for c in fairness] + \
                ["input", "epochs", "train images", "params (M)", "GFLOPs", "paper", "note"]
         lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + "|"]
         for _, r in grp.iterrows():
-            cells = [f"`{r['method']}`", _fmt(r.get("accuracy"), _low(r, "accuracy"), _high(r, "accuracy")),
-                     _fmt(r.get("balanced_accuracy"), _low(r, "balanced_accuracy"), _high(r, "balanced_accuracy")),
+            cells = [f"`{r['method']}`", _fmt(r.get("accuracy"), _low(r, "accuracy"), _high(r, "accuracy"))]
+            for k in subsets:
+                text = _fmt(r.get(f"accuracy_{k}"), _low(r, f"accuracy_{k}"), _high(r, f"accuracy_{k}"))
+                cells.append(text + (f" ({int(r[f'{k}_targets'])})" if text and len(sizes[k]) > 1 else ""))
+            cells += [_fmt(r.get("balanced_accuracy"), _low(r, "balanced_accuracy"), _high(r, "balanced_accuracy")),
                      _fmt(r.get("auroc"), _low(r, "auroc"), _high(r, "auroc")), str(int(r.get("seeds", 0)))]
             if human:
                 cells += [_pct(r.get("human_ceiling")), _pct(r.get("gap_to_human"), signed=True)]
             if multitask:
-                dm, half = r.get("delta_m_pct"), r.get("delta_m_ci95")
-                cells += [(f"{dm:+.2f}" + (f" ± {half:.2f}" if _num(half) else "")) if _num(dm) else "",
+                dm, half, p = r.get("delta_m_drop_pct"), r.get("delta_m_ci95"), r.get("delta_m_p_value")
+                baseline = _num(dm) and dm == 0 and (not _num(half) or half == 0)
+                cells += [("0 (baseline)" if baseline else f"{dm:+.2f}" + (f" ± {half:.2f}" if _num(half) else "")) if _num(dm) else "",
+                          "" if baseline or not _num(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
                           f"{r['mean_rank']:.2f}" if _num(r.get("mean_rank")) else ""]
             cells += [_pct(r.get(c)) for c in fairness]
             size = r.get("input_size")

@@ -6,28 +6,31 @@ The pairs come from the suite file, not from the runs: a dataset entry with ``da
 and several ``members`` is a mixture; one with a single member is that member trained alone. Every
 target of a mixture belongs to one member, and the member-alone run has exactly that member's
 targets, so the two are scored on the same test images with the same preprocessing. Per (mixture,
-member, method), from the leaderboard's target-level test rows:
+member, method), from the leaderboard's target-level test rows (and per-image predictions where
+there are any, for the image term):
 
-* each metric's mean over the member's targets, per seed, then over seeds, for the mixture run and
-  for the member-alone run, and their difference (mixture minus alone; over seed-matched pairs, with
-  a 95% Student-t half-width when there are several);
-* Δm%: the mean over the member's targets and the metrics of the signed relative change of the
-  mixture against the member alone (:func:`facebench.benchmarks.multitask.delta_m` with the member-alone run as
-  the baseline; positive: the mixture is better).
+* each metric's mean over the member's targets for the mixture run and for the member-alone run
+  (over their seed-matched runs), the difference (mixture minus alone) with its 95% interval, the
+  per-seed differences and the p-value of the seed-aware test of :mod:`facebench.benchmarks.stats`
+  (``untested: 1 seed`` with one seed);
+* Δm%: :func:`facebench.benchmarks.multitask.delta_m` with the member-alone run as the single-task
+  baseline, in FAMO's sign (a drop: negative = the mixture is better), over the targets whose
+  alone value is estimable (the same rules as the multi-task table), per seed and over seeds.
 
 ``facebench report`` writes ``<results>/mixture.csv`` and ``<results>/mixture.md``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
-import numpy as np
 import pandas as pd
 
-from facebench.benchmarks.multitask import delta_m
-from facebench.benchmarks.stats import seed_summary
+from facebench.benchmarks.attribute_support import AVERAGE, MIN_POSITIVES, leaderboard_support
+from facebench.benchmarks.multitask import BASELINE_FLOOR, delta_m
+from facebench.benchmarks.stats import RunPredictions, method_comparisons
 from facebench.core.io import write_csv, write_text
 
 METRICS = ("accuracy", "balanced_accuracy", "auroc")
@@ -52,8 +55,19 @@ def _target_level(board: pd.DataFrame, split: str) -> pd.DataFrame:
     return b[b["class"] == ""]
 
 
+def _pair_runs(runs: Sequence[RunPredictions], mixture: str, alone_key: str, member: str, method: str) -> list[RunPredictions]:
+    """The method's runs on the mixture and on the member alone, relabelled as methods ``mixture``
+    and ``alone`` of one dataset ``member`` (their ids are the source images: they align)."""
+    out = []
+    for r in runs or []:
+        if r.method == method and r.dataset in (mixture, alone_key):
+            out.append(replace(r, method="mixture" if r.dataset == mixture else "alone", dataset=member))
+    return out
+
+
 def mixture_table(board: pd.DataFrame, pairs: list[tuple[str, str, str]], metrics: tuple[str, ...] = METRICS,
-                  split: str = "test") -> pd.DataFrame:
+                  split: str = "test", runs: Sequence[RunPredictions] | None = None,
+                  min_positives: int = MIN_POSITIVES, floor: float = BASELINE_FLOOR) -> pd.DataFrame:
     """One row per (mixture, member, method) with both trainings' means, their difference and Δm%
     (module docstring). Pairs whose method lacks either run are left out."""
     rows = []
@@ -62,29 +76,42 @@ def mixture_table(board: pd.DataFrame, pairs: list[tuple[str, str, str]], metric
     for mixture, member, alone_key in pairs:
         alone = b[b["dataset"] == alone_key]
         mixed = b[b["dataset"] == mixture]
+        support = leaderboard_support(alone, split).assign(dataset=member)
         for method in sorted(set(alone["method"]) & set(mixed["method"])):
             a = alone[alone["method"] == method]
             targets = sorted(a["attribute"].unique())
             m = mixed[(mixed["method"] == method) & mixed["attribute"].isin(targets)]
             if m.empty:
                 continue
-            row: dict[str, Any] = {"mixture": mixture, "member": member, "alone": alone_key, "method": method,
-                                   "targets": len(targets)}
-            paired = m.merge(a, on=["seed", "attribute"], suffixes=("_mixture", "_alone"))
-            row["seeds"] = int(paired["seed"].nunique())
-            for metric in metrics:
-                for kind, df in (("mixture", m), ("alone", a)):
-                    row[f"{metric}_{kind}"] = df.groupby("seed")[metric].mean().mean()
-                diff = (paired[f"{metric}_mixture"] - paired[f"{metric}_alone"]).groupby(paired["seed"]).mean()
-                s = seed_summary(diff)
-                row[f"{metric}_difference"] = s["mean"]
-                row[f"{metric}_difference_ci95"] = s["ci95_high"] - s["mean"] if s["seeds"] > 1 else np.nan
-            # Δm%: the multi-task definition, with the member-alone run as the single-task baseline
             pair = pd.concat([m.assign(method="mixture"), a.assign(method="alone")]).assign(dataset=member)
-            dm = delta_m(pair, "alone", metrics, split).set_index("method").loc["mixture"]
-            row["delta_m_pct"], row["delta_m_ci95"] = dm["delta_m_pct"], dm["delta_m_ci95"]
+            pair_runs = _pair_runs(runs or [], mixture, alone_key, member, method)
+            row: dict[str, Any] = {"mixture": mixture, "member": member, "alone": alone_key, "method": method,
+                                   "targets": len(targets), "seeds": len(set(m["seed"]) & set(a["seed"]))}
+            for metric in metrics:
+                comp = method_comparisons(pair, pair_runs, metric, split, pairs=[("mixture", "alone")],
+                                          min_positives=min_positives)
+                avg = comp[comp["attribute"] == AVERAGE] if len(comp) > 1 else comp
+                if avg.empty:
+                    continue
+                c = avg.iloc[0]
+                row[f"{metric}_mixture"], row[f"{metric}_alone"] = c["value_a"], c["value_b"]
+                row[f"{metric}_difference"] = c["difference"]
+                row[f"{metric}_difference_ci95"] = c["ci95_high"] - c["difference"]
+                row[f"{metric}_per_seed"] = c["per_seed_differences"]
+                row[f"{metric}_p_value"] = c["p_value"]
+                row[f"{metric}_test"] = c["test"]
+            # Δm%: the multi-task definition (FAMO's sign), with the member-alone run as the single-task baseline
+            dm = delta_m(pair, "alone", metrics, split, min_positives, floor, runs=pair_runs, support=support)
+            dm = dm.set_index("method").loc["mixture"]
+            row.update({"delta_m_drop_pct": dm["delta_m_drop_pct"], "delta_m_ci95": dm["delta_m_ci95"],
+                        "delta_m_per_seed": dm["per_seed"], "delta_m_p_value": dm["p_value"], "delta_m_test": dm["test"],
+                        "delta_m_terms": dm["terms"]})
             rows.append(row)
     return pd.DataFrame(rows)
+
+
+def _pm(mean: float, half: float, scale: float = 100.0) -> str:
+    return f"{scale * mean:+.2f}" + ("" if pd.isna(half) else f" ± {scale * half:.2f}")
 
 
 def mixture_markdown(table: pd.DataFrame, metrics: tuple[str, ...] = METRICS) -> str:
@@ -92,33 +119,44 @@ def mixture_markdown(table: pd.DataFrame, metrics: tuple[str, ...] = METRICS) ->
     lines = ["# One network on the mixture against the same network on each dataset alone (test split)", "",
              "Per member dataset of the mixture: each metric's mean over that dataset's targets, in percent, for the",
              "network trained on the mixture (partial labels) and for the same network trained on that dataset alone",
-             "(same images, splits and preprocessing), and the difference (mixture minus alone, percentage points,",
-             "over seed-matched runs; ± the half-width of its 95% Student-t interval when there are several seeds).",
-             "Δm%: the mean over the targets and these metrics of the relative change of the mixture against the",
-             "dataset alone (positive: the mixture is better). File: `mixture.csv`.", ""]
+             "(same images, splits and preprocessing), and the difference (mixture minus alone, percentage points, over",
+             "seed-matched runs; ± the half-width of its 95% interval: Student t over seeds, with the image term where",
+             "per-image predictions exist; one seed: no interval and no test). **Δm% is a drop (FAMO's sign): negative =",
+             "the mixture is better.** Over the member's targets and these metrics, the targets whose alone value is",
+             "estimable (as in the multi-task table). p: the seed-aware test of the difference / of Δm% = 0, or why",
+             "there is none. File: `mixture.csv`.", ""]
     for mixture, grp in table.groupby("mixture", sort=True):
-        head = ["method", "dataset", "targets", *[f"{m} mixture / alone / Δ" for m in metrics], "Δm%", "seeds"]
+        head = ["method", "dataset", "targets", *[f"{m} mixture / alone / Δ" for m in metrics], "p (accuracy)",
+                "Δm% drop", "per seed", "p (Δm%)", "seeds"]
         lines += [f"## {mixture}", "", "| " + " | ".join(head) + " |", "|---|---|" + "---:|" * (len(head) - 2)]
         for _, r in grp.sort_values(["method", "member"]).iterrows():
             cells = [f"`{r['method']}`", f"{r['member']} (alone: `{r['alone']}`)", str(int(r["targets"]))]
             for m in metrics:
-                d, half = r[f"{m}_difference"], r[f"{m}_difference_ci95"]
-                cells.append(f"{100 * r[f'{m}_mixture']:.2f} / {100 * r[f'{m}_alone']:.2f} / {100 * d:+.2f}"
-                             + ("" if pd.isna(half) else f" ± {100 * half:.2f}"))
-            dm = r["delta_m_pct"]
-            cells += [f"{dm:+.2f}" + ("" if pd.isna(r["delta_m_ci95"]) else f" ± {r['delta_m_ci95']:.2f}"),
+                cells.append("" if pd.isna(r.get(f"{m}_mixture")) else
+                             f"{100 * r[f'{m}_mixture']:.2f} / {100 * r[f'{m}_alone']:.2f} / "
+                             + _pm(r[f"{m}_difference"], r[f"{m}_difference_ci95"]))
+            p = r.get("accuracy_p_value")
+            cells.append(f"{p:.3f}" if not pd.isna(p) else str(r.get("accuracy_test", "")))
+            cells += [_pm(r["delta_m_drop_pct"], r["delta_m_ci95"], 1.0), str(r["delta_m_per_seed"]),
+                      f"{r['delta_m_p_value']:.3f}" if not pd.isna(r["delta_m_p_value"]) else str(r["delta_m_test"]),
                       str(int(r["seeds"]))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")
     return "\n".join(lines)
 
 
-def write_mixture(board: pd.DataFrame, results_dir: Path, datasets: dict[str, Any], split: str = "test") -> list[Path]:
-    """Write ``mixture.csv`` / ``mixture.md`` when the suite has a mixture with member-alone runs."""
+def write_mixture(board: pd.DataFrame, results_dir: Path, datasets: dict[str, Any], split: str = "test",
+                  runs: Sequence[RunPredictions] | None = None) -> list[Path]:
+    """Write ``mixture.csv`` / ``mixture.md`` when the suite has a mixture with member-alone runs
+    (``runs``: per-image predictions; default: those of the results folder, if any)."""
     pairs = mixture_pairs(datasets)
     if not pairs or board.empty:
         return []
-    table = mixture_table(board, pairs, split=split)
+    if runs is None:
+        from facebench.benchmarks.stats import results_predictions
+
+        runs = results_predictions(results_dir, split)
+    table = mixture_table(board, pairs, split=split, runs=runs)
     if table.empty:
         return []
     return [write_csv(results_dir / "mixture.csv", table, float_format="%.6g"),

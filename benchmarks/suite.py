@@ -65,7 +65,7 @@ EARLY_STOPPING_KEYS = {"monitor", "mode", "patience", "min_delta"}
 EVALUATION_KEYS = {"splits", "tune_thresholds_on", "threshold_criterion", "checkpoint"}
 #: Which checkpoint a run evaluates (``evaluation.checkpoint``).
 EVALUATION_CHECKPOINTS = ("best", "last")
-MULTITASK_KEYS = {"baseline", "metrics"}
+MULTITASK_KEYS = {"baseline", "metrics", "min_positives", "baseline_floor"}
 
 DEFAULT_TRAINER = {"max_epochs": 10, "accelerator": "auto", "devices": 1, "precision": "32-true",
                    "log_every_n_steps": 10, "num_sanity_val_steps": 0, "enable_model_summary": False}
@@ -277,8 +277,9 @@ def load_suite(name_or_path: str, results_root: str | Path | None = None, overri
 
 
 def _check_multitask(mt: dict[str, Any] | None, methods: dict[str, Any], source: str) -> None:
-    """``multitask: {baseline: <method key>, metrics: [...]}`` (read by the reports only, never part of
-    a run's config): the baseline is one of the suite's method keys (or grid variants)."""
+    """``multitask: {baseline: <method key>, metrics: [...], min_positives: 20, baseline_floor: 0.1}``
+    (read by the reports only, never part of a run's config): the baseline is one of the suite's
+    method keys (or grid variants); the last two set which tasks enter Δm% (benchmarks.multitask)."""
     if mt is None:
         return
     keys = [v for mk, mv in methods.items() for v, _ in _grid_points(mk, mv.get("grid"), source)]
@@ -287,6 +288,12 @@ def _check_multitask(mt: dict[str, Any] | None, methods: dict[str, Any], source:
     metrics = mt.get("metrics", ["accuracy"])
     if not isinstance(metrics, list) or not metrics or not all(isinstance(m, str) for m in metrics):
         raise SuiteConfigError(f"{source}: multitask.metrics must be a non-empty list of metric names, got {metrics!r}")
+    n = mt.get("min_positives", 20)
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise SuiteConfigError(f"{source}: multitask.min_positives must be a whole number >= 1, got {n!r}")
+    floor = mt.get("baseline_floor", 0.1)
+    if isinstance(floor, bool) or not isinstance(floor, (int, float)) or floor < 0:
+        raise SuiteConfigError(f"{source}: multitask.baseline_floor must be a number >= 0, got {floor!r}")
 
 
 def _check_registered(datasets: dict[str, Any], methods: dict[str, Any], source: str) -> None:

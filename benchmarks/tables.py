@@ -30,6 +30,8 @@ from typing import Iterable, Sequence
 import numpy as np
 import pandas as pd
 
+from facebench.benchmarks.attribute_support import (AVERAGE, LABEL_INCONSISTENT, MIN_POSITIVES, average_subsets,
+                                                    counts_for, leaderboard_support, subset_label)
 from facebench.core.io import write_csv, write_text
 from facebench.core.paths import SOURCE_ROOT, results_root
 from facebench.lightning_modules.metrics import lower_is_better
@@ -38,7 +40,7 @@ from facebench.lightning_modules.metrics import lower_is_better
 #: wheel reads ``./results/paper_reported.csv`` of the current directory, where a user can put it).
 REPORTED_PATH = (SOURCE_ROOT / "results" if SOURCE_ROOT else results_root()) / "paper_reported.csv"
 REPORTED_COLUMNS = ["paper", "method", "dataset", "split", "attribute", "paper_attribute", "metric", "value", "source"]
-AVERAGE = "Average"
+POSITIVES_COLUMN, NEGATIVES_COLUMN = "test positives", "test negatives"
 BASELINE_METHODS = ("majority",)
 #: Metrics tabulated by :func:`write_tables`, with their ``@...`` variants (tuned thresholds,
 #: operating points), when present in the records.
@@ -76,8 +78,23 @@ def _key(name: str) -> str:
     return re.sub(r"[^a-z0-9/]", "", str(name).lower())
 
 
+def reported_text(value: float) -> str:
+    """A published number as ``paper_reported.csv`` writes it: the shortest decimal that reads back
+    to the same float, integers without a point (``1018055``, ``0.7197``), never an exponent."""
+    return np.format_float_positional(float(value), unique=True, trim="-")
+
+
+def write_reported(df: pd.DataFrame, path: str | Path = REPORTED_PATH) -> Path:
+    """Write the published numbers with every value exact (:func:`reported_text`); reading the file
+    with :func:`load_reported` and writing it back gives its bytes."""
+    out = df[REPORTED_COLUMNS].copy()
+    out["value"] = [reported_text(v) for v in out["value"]]
+    return write_csv(path, out)
+
+
 def load_reported(path: str | Path = REPORTED_PATH) -> pd.DataFrame:
-    """The published numbers (empty when the file is absent)."""
+    """The published numbers (empty when the file is absent). Values are read as exact floats: the
+    file writes each as the paper prints it (``1018055``, not ``1.01806e+06``; :func:`write_reported`)."""
     path = Path(path)
     if not path.is_file():
         return pd.DataFrame(columns=REPORTED_COLUMNS)
@@ -102,22 +119,26 @@ class WideTable:
     better: str | None = "max"          # "max", "min" or None (no bold)
     notes: list[str] = field(default_factory=list)
     digits: int = 4
+    #: Columns that describe the rows (test positives / negatives): counts, never bold.
+    info: list[str] = field(default_factory=list)
 
     def best_mask(self) -> pd.DataFrame:
         """True where a cell holds the best value of its row (ties all bold; none when all are equal)."""
-        m = self.mean.apply(pd.to_numeric, errors="coerce")
+        m = self.mean.drop(columns=[c for c in self.info if c in self.mean.columns]).apply(pd.to_numeric, errors="coerce")
         if self.better is None or m.empty:
-            return pd.DataFrame(False, index=m.index, columns=m.columns)
+            return pd.DataFrame(False, index=self.mean.index, columns=self.mean.columns)
         best = m.max(axis=1) if self.better == "max" else m.min(axis=1)
         differ = (m.max(axis=1) > m.min(axis=1)).to_numpy()[:, None]      # nothing is best when all are equal
-        return m.eq(best, axis=0) & m.notna() & differ
+        return (m.eq(best, axis=0) & m.notna() & differ).reindex(columns=self.mean.columns, fill_value=False)
 
     def cell(self, row: str, col: str) -> str:
         v = self.mean.at[row, col]
-        if v is None or (isinstance(v, float) and math.isnan(v)):
+        if v is None or (isinstance(v, float) and math.isnan(v)) or v is pd.NA:
             return ""
         if not isinstance(v, (int, float, np.floating, np.integer)):
             return str(v)
+        if col in self.info:
+            return f"{int(v)}"
         text = f"{v:.{self.digits}f}"
         if self.std is not None and col in self.std.columns and row in self.std.index:
             s = self.std.at[row, col]
@@ -234,11 +255,6 @@ def _method_order(metrics: pd.DataFrame, means: pd.DataFrame, better: str | None
     return baselines + rest
 
 
-def subset_label(name: str, n: int) -> str:
-    """The footer row of a named subset's average, e.g. ``Average (consistent 12)``."""
-    return f"{AVERAGE} ({name} {n})"
-
-
 def seed_means(metrics: pd.DataFrame, dataset: str, metric: str, split: str = "test",
                subsets: dict[str, Sequence[str]] | None = None) -> tuple[pd.DataFrame, pd.DataFrame, list[str]]:
     """(mean over seeds, std over seeds) with rows in task order and an ``Average`` row computed
@@ -291,22 +307,56 @@ def reported_columns(reported: pd.DataFrame, dataset_names: Iterable[str], metri
     return out
 
 
+def support_from_long(metrics: pd.DataFrame, split: str = "test") -> pd.DataFrame:
+    """:func:`facebench.benchmarks.attribute_support.leaderboard_support` of long metrics (rows
+    target, class, metric, value, n_samples)."""
+    names = ("positive_rate", "support", "positives", "negatives")
+    m = metrics[metrics["metric"].isin(names) & (metrics["split"] == split)] if not metrics.empty else metrics
+    if m.empty:
+        return leaderboard_support(pd.DataFrame())
+    keys = ["dataset", "method", "split", "seed", "target", "class"]
+    wide = m.assign(**{"class": m["class"].fillna("").astype(str)}).pivot_table(
+        index=keys, columns="metric", values="value", aggfunc="first").reset_index()
+    if "n_samples" in m.columns:
+        n = m.groupby(["dataset", "method", "split", "seed"])["n_samples"].first().rename("n_samples")
+        wide = wide.merge(n.reset_index(), on=["dataset", "method", "split", "seed"], how="left")
+    return leaderboard_support(wide.rename(columns={"target": "attribute"}), split)
+
+
 def comparison_table(metrics: pd.DataFrame, dataset: str, metric: str = "accuracy", split: str = "test",
-                     reported: pd.DataFrame | None = None,
-                     subsets: dict[str, Sequence[str]] | None = None) -> WideTable | None:
+                     reported: pd.DataFrame | None = None, subsets: dict[str, Sequence[str]] | None = None,
+                     support: pd.DataFrame | None = None, min_positives: int = MIN_POSITIVES) -> WideTable | None:
     """Attributes x methods for one metric (see the module docstring); ``None`` without values.
-    ``subsets``: named target subsets that get their own average row (e.g. the label-consistent
-    attributes of a dataset, a suite's ``target_subsets``)."""
-    mean, std, rows = seed_means(metrics, dataset, metric, split, subsets)
+    The test positives / negatives of each row come first where known (``support``, default: from
+    the records' ``positive_rate`` / ``support`` rows, :mod:`facebench.benchmarks.attribute_support`), with
+    the ``Average (powered N)`` and ``Average (label-consistent N)`` rows; ``subsets``: more named
+    target subsets with their own average row (a suite's ``target_subsets``)."""
+    sel = _select(metrics, dataset, metric, split)
+    rows0 = list(dict.fromkeys(sel["row"])) if not sel.empty else []
+    support = support_from_long(metrics, split) if support is None else support
+    extra = average_subsets(support, dataset, rows0, min_positives)
+    mean, std, rows = seed_means(metrics, dataset, metric, split, {**extra, **(subsets or {})})
     if mean.empty:
         return None
     better = "min" if lower_is_better(metric) else "max"
     order = [m for m in _method_order(metrics[metrics["dataset"] == dataset], mean.loc[rows], better) if m in mean.columns]
     mean, std = mean[order], std[order]
+    counts = counts_for(support, dataset, rows)
+    info = []
+    if counts.notna().any().any():
+        info = [POSITIVES_COLUMN, NEGATIVES_COLUMN]
+        head = pd.DataFrame({POSITIVES_COLUMN: counts["positives"].astype(float),
+                             NEGATIVES_COLUMN: counts["negatives"].astype(float)}).reindex(mean.index)
+        mean = head.join(mean)
     seeds = metrics[(metrics["dataset"] == dataset) & (metrics["split"] == split)].groupby("method")["seed"].nunique()
     notes = [f"{split} split; {metric}; mean over seeds (± sample std) — seeds: "
              + ", ".join(f"{m} {int(seeds.get(m, 0))}" for m in order),
              f"{AVERAGE}: mean over the rows, per seed, then over seeds (empty where a method lacks rows)."]
+    if info:
+        notes.append(f"{POSITIVES_COLUMN} / {NEGATIVES_COLUMN}: test images with and without the label (per class: of "
+                     f"that class and of the others). {AVERAGE} (powered N): over the N rows with at least {min_positives} "
+                     f"of each; {AVERAGE} (label-consistent N): without {', '.join(LABEL_INCONSISTENT)}, whose labels "
+                     "have essentially random annotator consistency (Wu et al., CVPRW 2023, arXiv 2210.07356).")
     if reported is not None and not reported.empty:
         names = [dataset] + list(metrics.loc[metrics["dataset"] == dataset, "datamodule"].unique()) \
             if "datamodule" in metrics.columns else [dataset]
@@ -318,7 +368,7 @@ def comparison_table(metrics: pd.DataFrame, dataset: str, metric: str = "accurac
     mean.index.name = std.index.name = "attribute"
     title = f"{dataset}: {metric} ({split})"
     footer = [AVERAGE] + [r for r in mean.index if str(r).startswith(f"{AVERAGE} (")]
-    return WideTable(title, mean, std, footer=footer, better=better, notes=notes)
+    return WideTable(title, mean, std, footer=footer, better=better, notes=notes, info=info)
 
 
 #: Columns of the agreement table: label -> metrics (target-level and per-class rows share a column).

@@ -259,23 +259,37 @@ def test_first_layer_figure_from_checkpoints(tmp_path: Path):
             assert im.size[0] > im.size[1] > 100
 
 
-def test_compare_traits_names_the_winner_per_trait():
-    rows = []
-    for seed, (b_acc, l_acc) in enumerate([((0.90, 0.70), (0.92, 0.69)), ((0.88, 0.72), (0.91, 0.70))]):
-        for method, accs in (("lacnn_baseline", b_acc), ("lacnn", l_acc)):
-            for trait, acc in zip(("Male", "Smiling"), accs):
-                rows.append({"dataset": "synth", "split": "test", "method": method, "method_name": method, "seed": seed,
-                             "target": trait, "class": "", "metric": "accuracy", "value": acc})
-    significance = pd.DataFrame([
-        {"dataset": "synth", "method_a": "lacnn", "method_b": "lacnn_baseline", "attribute": a, "test": "mcnemar",
-         "p_holm": p, "significant": p < 0.05} for a, p in (("Male", 0.01), ("Smiling", 0.5))])
-    table = compare_traits(pd.DataFrame(rows), significance=significance).set_index("trait")
-    assert list(table.index) == ["Male", "Smiling"]
-    assert table.loc["Male", "winner"] == "lacnn" and table.loc["Smiling", "winner"] == "lacnn_baseline"
-    assert table.loc["Male", "lacnn"] == pytest.approx(0.915) and table.loc["Male", "difference"] == pytest.approx(0.025)
-    assert bool(table.loc["Male", "significant"]) and not bool(table.loc["Smiling", "significant"])
+def test_compare_traits_tests_the_per_seed_differences(tmp_path):
+    """Table 3 from a leaderboard: per trait the seed-matched means, per-seed differences and the
+    seed-aware test (a paired t over seeds here: no per-image predictions); a trait whose difference
+    flips sign across seeds is not significant; the analysis reads a committed leaderboard.csv."""
+    from scipy import stats as sps
+
+    from facebench.benchmarks.analyses import run_analysis
+
+    acc = {"lacnn_baseline": {"Male": (0.90, 0.88, 0.89), "Smiling": (0.70, 0.72, 0.71)},
+           "lacnn": {"Male": (0.95, 0.94, 0.945), "Smiling": (0.77, 0.747, 0.69)}}
+    rows = [{"dataset": "synth", "split": "test", "method": m, "seed": s, "attribute": t, "class": "", "accuracy": v[s],
+             "positive_rate": 0.5, "n_samples": 200} for m, traits in acc.items() for t, v in traits.items() for s in range(3)]
+    board = pd.DataFrame(rows)
+    table = compare_traits(board).set_index("trait")
+    assert list(table.index[:2]) == ["Male", "Smiling"] and table.loc["Male", "positives"] == 100
+    assert table.loc["Male", "lacnn"] == pytest.approx(np.mean([0.95, 0.94, 0.945]))
+    assert table.loc["Smiling", "per_seed_differences"] == "+7.00 / +2.70 / -2.00"
+    assert table.loc["Smiling", "p_value"] == pytest.approx(sps.ttest_1samp([0.07, 0.027, -0.02], 0).pvalue)
+    assert not table.loc["Smiling", "significant"] and table.loc["Smiling", "winner"] == ""
+    assert table.loc["Male", "significant"] and table.loc["Male", "winner"] == "lacnn"
+    assert "Average" in table.index
     with pytest.raises(ValueError, match="no 'accuracy' values"):
-        compare_traits(pd.DataFrame(rows), baseline="nope", method="other")
+        compare_traits(board, baseline="nope", method="other")
+    # the analysis on a results folder with only its committed leaderboard
+    (tmp_path / "synth").mkdir()
+    board.to_csv(tmp_path / "synth" / "leaderboard.csv", index=False)
+    out = tmp_path / "synth" / "lacnn_vs_baseline.csv"
+    assert run_analysis("lacnn-compare", [str(tmp_path / "synth"), "--out", str(out)]) == 0
+    written = pd.read_csv(out).set_index("trait")
+    assert written.loc["Smiling", "per_seed_differences"] == "+7.00 / +2.70 / -2.00"
+    assert (tmp_path / "synth" / "lacnn_vs_baseline_info.json").is_file()
 
 
 # -- real data ---------------------------------------------------------------------------------

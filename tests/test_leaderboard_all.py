@@ -11,9 +11,17 @@ import pandas as pd
 import pytest
 from scipy import stats
 
-from facebench.benchmarks.leaderboard import build_cross_suite, write_cross_suite
+import yaml
+
+from facebench.benchmarks.leaderboard import build_cross_suite, to_markdown, write_cross_suite
+from facebench.benchmarks.run_folder import write_suite_snapshot
+from facebench.benchmarks.suite import SUITES_DIR
 from facebench.benchmarks.tables import load_reported
 from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
+
+
+#: Test positives of a 660-image split: the first four attributes rare (Bald none), the rest common.
+POSITIVES = {a: (0, 1, 4, 10)[i] if i < 4 else 100 + i for i, a in enumerate(CELEBA_ATTRIBUTES)}
 
 
 def fake_suite(root, suite="celeba"):
@@ -25,6 +33,7 @@ def fake_suite(root, suite="celeba"):
                 acc = 0.8 + 0.01 * seed + (0.05 if method == "mcnn" else 0) + rng.normal(0, 0.01)
                 rows.append({"method": method, "dataset": "celeba", "split": "test", "seed": seed, "attribute": a,
                              "class": "", "accuracy": acc, "balanced_accuracy": acc - 0.2, "auroc": acc,
+                             "positive_rate": POSITIVES[a] / 660, "n_samples": 660,
                              "method_name": name, "datamodule": "celeba", "input_size": 64, "input_channels": 3,
                              "epochs": 12, "train_samples": 4560, "params": 7_400_000, "flops_per_image": 1.6e8,
                              "n_targets": 40})
@@ -32,12 +41,16 @@ def fake_suite(root, suite="celeba"):
 
 
 def write_suite(root: Path, suite: str, rows: list[dict]) -> pd.DataFrame:
-    """A committed suite folder as `facebench report --all` reads it: leaderboard.csv + leaderboard_info.json."""
+    """A committed suite folder as `facebench report --all` reads it: leaderboard.csv +
+    leaderboard_info.json, and the suite snapshot (the shipped suite file of that name, if any)."""
     d = root / suite
     d.mkdir(parents=True)
     board = pd.DataFrame(rows)
     board.to_csv(d / "leaderboard.csv", index=False)
     (d / "leaderboard_info.json").write_text(json.dumps({"suite": suite}))
+    shipped = SUITES_DIR / f"{suite}.yaml"
+    if shipped.is_file():
+        write_suite_snapshot(d, yaml.safe_load(shipped.read_text()), str(shipped), None)
     return board
 
 
@@ -54,6 +67,23 @@ def test_seed_interval_settings_and_paper_value(tmp_path):
     assert df.at["mcnn", "paper_accuracy"] == pytest.approx(mcnn["value"].mean())     # Table 2's 40 values
     assert "4,560 training images vs the paper's 162,770" in df.at["mcnn", "paper"]
     assert df.index[0] == "mcnn"                                                       # best accuracy first
+
+
+def test_powered_and_label_consistent_averages(tmp_path):
+    board = fake_suite(tmp_path)
+    df = build_cross_suite(tmp_path).set_index("method")
+    powered = [a for a in CELEBA_ATTRIBUTES if POSITIVES[a] >= 20]                # 36: Bald, Double_Chin, ... out
+    consistent = [a for a in CELEBA_ATTRIBUTES if a not in ("High_Cheekbones", "Pointy_Nose", "Oval_Face")]
+    mcnn = board[board["method"] == "mcnn"]
+    for key, members in (("powered", powered), ("label_consistent", consistent)):
+        per_seed = mcnn[mcnn["attribute"].isin(members)].groupby("seed")["accuracy"].mean()
+        assert df.at["mcnn", f"accuracy_{key}"] == pytest.approx(per_seed.mean())
+        assert df.at["mcnn", f"accuracy_{key}_ci95"] == pytest.approx(stats.t.ppf(0.975, 2) * per_seed.std(ddof=1) / np.sqrt(3))
+        assert df.at["mcnn", f"{key}_targets"] == len(members)
+    assert "balanced_accuracy_powered" in df.columns
+    md = to_markdown(build_cross_suite(tmp_path))
+    assert "| method | accuracy | acc. (powered 36) | acc. (label-consistent 37) | balanced acc. |" in md
+    assert "Wu et al., CVPRW 2023" in md
 
 
 def test_rebuild_is_byte_identical(tmp_path):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats as sps
 
 from facebench.benchmarks.mixture_report import mixture_pairs, mixture_table, write_mixture
 
@@ -42,18 +44,31 @@ def test_member_means_differences_and_delta_m_by_hand():
     assert celeba["accuracy_mixture"] == pytest.approx((0.85 + 0.87) / 2)   # synth_Young and emotion excluded
     assert celeba["accuracy_alone"] == pytest.approx(0.80)
     assert celeba["accuracy_difference"] == pytest.approx(0.06)
+    assert celeba["accuracy_per_seed"] == "+5.00 / +7.00"
+    # two seeds: Student t with 1 degree of freedom on the per-seed differences
+    assert celeba["accuracy_p_value"] == pytest.approx(sps.ttest_1samp([0.05, 0.07], 0).pvalue)
+    assert celeba["accuracy_difference_ci95"] == pytest.approx(sps.t.ppf(0.975, 1) * np.std([0.05, 0.07], ddof=1) / np.sqrt(2))
     assert celeba["balanced_accuracy_difference"] == pytest.approx(0.0)
-    # Δm% per seed, mean over 2 targets x 2 metrics: seed 0 (0.1/0.8 + 0 + 0 + 0) / 4, seed 1 (0.12/0.8 + 0.02/0.8) / 4
-    assert celeba["delta_m_pct"] == pytest.approx(100 * ((0.125 / 4) + (0.175 / 4)) / 2)
+    # Δm% in FAMO's sign (a drop), per seed over 2 targets x 2 metrics:
+    # seed 0 -(0.1/0.8 + 0 + 0 + 0) / 4, seed 1 -(0.12/0.8 + 0.02/0.8) / 4
+    assert celeba["delta_m_drop_pct"] == pytest.approx(-100 * ((0.125 / 4) + (0.175 / 4)) / 2)
+    assert [float(x) for x in celeba["delta_m_per_seed"].split(" / ")] == pytest.approx([-100 * 0.125 / 4, -100 * 0.175 / 4], abs=0.006)
     # FER+: seed 0 +0.10 / -0.10, seed 1 +0.06 / 0.0 (only target-level rows count)
     assert fer["accuracy_difference"] == pytest.approx(0.08)
     assert fer["accuracy_difference_ci95"] > 0
-    assert fer["delta_m_pct"] == pytest.approx(100 * ((0.1 / 0.5 - 0.1 / 0.5) / 2 + (0.06 / 0.6) / 2) / 2)
+    assert fer["delta_m_drop_pct"] == pytest.approx(-100 * ((0.1 / 0.5 - 0.1 / 0.5) / 2 + (0.06 / 0.6) / 2) / 2)
+
+
+def test_one_seed_is_reported_but_not_tested():
+    one = mixture_table(BOARD[BOARD["seed"] == 0], mixture_pairs(DATASETS), metrics=("accuracy",)).set_index("member")
+    assert one.loc["celeba", "accuracy_test"] == "untested: 1 seed" and np.isnan(one.loc["celeba", "accuracy_p_value"])
+    assert one.loc["celeba", "delta_m_test"] == "untested: 1 seed"
 
 
 def test_written_files(tmp_path):
-    paths = write_mixture(BOARD, tmp_path, DATASETS)
+    paths = write_mixture(BOARD, tmp_path, DATASETS, runs=[])
     assert [p.name for p in paths] == ["mixture.csv", "mixture.md"]
     md = (tmp_path / "mixture.md").read_text()
     assert "| `net` | celeba (alone: `celeba_alone`) | 2 | 86.00 / 80.00 / +6.00 ±" in md
+    assert "Δm% is a drop (FAMO's sign)" in md
     assert write_mixture(BOARD, tmp_path / "none", {"other": DATASETS["other"]}) == []

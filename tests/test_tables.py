@@ -13,7 +13,8 @@ import pytest
 from facebench.core.io import write_json, write_yaml
 from facebench.benchmarks.records import write_records
 from facebench.benchmarks.report import build_reports
-from facebench.benchmarks.tables import (AVERAGE, REPORTED_PATH, canonical_attribute, comparison_table, html_page, load_reported)
+from facebench.benchmarks.tables import (AVERAGE, REPORTED_PATH, canonical_attribute, comparison_table, html_page, load_reported,
+                                         reported_text, write_reported)
 from facebench.datamodules.table import SampleTable
 from facebench.datamodules.celeba import CELEBA_ATTRIBUTES
 from facebench.core.tasks import Target, TaskSpec
@@ -132,6 +133,26 @@ def test_fad_fer_vv_flickr_against_paper_text(reported):
     assert [op["tpr@fpr=0.01"], op["fpr"], op["unlabelled"]] == pytest.approx([float(x) / 100 for x in point.groups()])
 
 
+def test_every_reported_value_is_written_exactly(tmp_path):
+    """Each value in paper_reported.csv is the shortest decimal of its float (as the paper prints it:
+    no exponent, no digits lost), and reading + writing the file gives its bytes."""
+    raw = pd.read_csv(REPORTED_PATH, dtype=str, keep_default_na=False)
+    inexact = [(i + 2, v) for i, v in enumerate(raw["value"]) if reported_text(float(v)) != v]
+    assert not inexact, f"values not written exactly (line, text): {inexact[:5]}"
+    assert reported_text(1.01806e06) == "1018060" and reported_text(1018055.0) == "1018055" and reported_text(0.7197) == "0.7197"
+    out = write_reported(load_reported(REPORTED_PATH), tmp_path / "paper_reported.csv")
+    assert out.read_bytes() == REPORTED_PATH.read_bytes()
+
+
+@needs_papers
+def test_branching_parameter_counts_against_paper_text(reported):
+    text = (PAPERS / "branching_identity_network_flickr.txt").read_text()
+    for task, params in re.findall(r"^(emotion|age|ethnicity|gender)\t[\d.]+[kM]\t\d+%\t\d+k?\t([\d,]+)$", text, re.M):
+        value = reported_value(reported, "branching_identity_network_flickr", "branched identity ResNet", "flickr", task,
+                               "trainable_params")
+        assert value == int(params.replace(",", "")), task
+
+
 # ------------------------------------------------------------------------------------------------
 # tables from long metrics
 # ------------------------------------------------------------------------------------------------
@@ -151,7 +172,8 @@ def long_metrics() -> pd.DataFrame:
 def test_comparison_table_means_seeds_and_average():
     t = comparison_table(long_metrics(), "celeba_small", "accuracy")
     assert list(t.mean.columns) == ["majority", "netB", "netA"]          # baseline first, then best average first
-    assert list(t.mean.index) == ["Smiling", "Male", "Bald", AVERAGE]
+    # CelebA attributes: the label-consistent average too (none of the three is here: the same rows)
+    assert list(t.mean.index) == ["Smiling", "Male", "Bald", AVERAGE, "Average (label-consistent 3)"]
     assert t.mean.at["Smiling", "netA"] == pytest.approx(0.91)
     assert t.std.at["Smiling", "netA"] == pytest.approx(np.std([0.9, 0.92], ddof=1))
     # Average: per seed over rows (0.86, 0.873...), then mean and std over seeds
@@ -189,7 +211,7 @@ def test_html_page_is_self_contained_and_sortable():
     assert "<script>" in page and "function sortTable" in page and 'onclick="sortTable(' in page
     assert "<tfoot>" in page and "<b>0.9100 ± 0.0141</b>" in page
     assert "http://" not in page and "https://" not in page and "<link" not in page
-    assert page.count("<tr>") == 1 + 4                                   # header + 3 rows + Average
+    assert page.count("<tr>") == 1 + 5                                   # header + 3 rows + 2 averages
 
 
 # ------------------------------------------------------------------------------------------------
@@ -246,7 +268,9 @@ def test_report_rebuilds_tables_and_figures_from_records(tmp_path):
             assert (tables / f"{stem}{ext}").is_file(), stem + ext
     assert (tables / "celeba.html").is_file() and (tables / "fer.html").is_file()
     acc = pd.read_csv(tables / "celeba_accuracy.csv")
-    assert list(acc.columns[:3]) == ["attribute", "majority", "netA"] and acc["attribute"].iloc[-1] == AVERAGE
+    assert list(acc.columns[:5]) == ["attribute", "test positives", "test negatives", "majority", "netA"]
+    assert list(acc["attribute"].iloc[-3:]) == [AVERAGE, "Average (powered 3)", "Average (label-consistent 3)"]
+    assert (acc["test positives"].iloc[:3] + acc["test negatives"].iloc[:3] == 150).all()
     agreement = pd.read_csv(tables / "fer_agreement.csv")
     assert {"raters: Fleiss' kappa", "human ceiling (rater vs others' majority)", "netA: vs others' majority"} <= set(agreement.columns)
     assert list(agreement["target"]) == ["emotion", "emotion/happy", "emotion/sad", "emotion/neutral"]
@@ -265,12 +289,41 @@ def test_subset_average_rows():
     then over seeds, over the subset's rows only; names missing from the table are ignored."""
     t = comparison_table(long_metrics(), "celeba_small", "accuracy", subsets={"consistent": ["Male", "Bald", "Nope"]})
     label = "Average (consistent 2)"
-    assert list(t.mean.index) == ["Smiling", "Male", "Bald", AVERAGE, label]
+    assert list(t.mean.index) == ["Smiling", "Male", "Bald", AVERAGE, "Average (label-consistent 3)", label]
     per_seed = [np.mean([0.7, 0.98]), np.mean([0.74, 0.96])]
     assert t.mean.at[label, "netA"] == pytest.approx(np.mean(per_seed))
     assert t.std.at[label, "netA"] == pytest.approx(np.std(per_seed, ddof=1))
     assert t.mean.at[label, "majority"] == pytest.approx(np.mean([0.6, 0.97]))
     assert f"| **{label}** |" in t.to_markdown()
+
+
+def counted_metrics(n_samples: int = 200) -> pd.DataFrame:
+    """:func:`long_metrics` plus High_Cheekbones and each row's label prevalence on ``n_samples`` test images."""
+    rows = long_metrics()
+    extra = rows[rows["target"] == "Male"].assign(target="High_Cheekbones")
+    rows = pd.concat([rows, extra], ignore_index=True)
+    prevalence = {"Smiling": 0.5, "Male": 0.3, "Bald": 0.02, "High_Cheekbones": 0.4}
+    rate = rows[rows["metric"] == "accuracy"].assign(metric="positive_rate")
+    rate["value"] = rate["target"].map(prevalence)
+    return pd.concat([rows, rate], ignore_index=True).assign(n_samples=n_samples)
+
+
+def test_test_positives_and_the_powered_and_label_consistent_averages():
+    t = comparison_table(counted_metrics(), "celeba_small", "accuracy")
+    assert list(t.mean.columns[:2]) == ["test positives", "test negatives"]
+    assert t.mean.at["Bald", "test positives"] == 4 and t.mean.at["Bald", "test negatives"] == 196
+    powered, consistent = "Average (powered 3)", "Average (label-consistent 3)"    # Bald: 4 positives < 20
+    assert list(t.mean.index) == ["Smiling", "Male", "Bald", "High_Cheekbones", AVERAGE, powered, consistent]
+    per_seed = [np.mean([0.9, 0.7, 0.7]), np.mean([0.92, 0.74, 0.74])]        # Smiling, Male, High_Cheekbones
+    assert t.mean.at[powered, "netA"] == pytest.approx(np.mean(per_seed))
+    assert t.mean.at[consistent, "netA"] == pytest.approx(np.mean([np.mean([0.9, 0.7, 0.98]), np.mean([0.92, 0.74, 0.96])]))
+    md = t.to_markdown()
+    assert "| Bald | 4 | 196 | 0.9700 |" in md                 # counts as integers, never bold
+    assert not t.best_mask()["test negatives"].any()
+    assert "Wu et al., CVPRW 2023" in " ".join(t.notes)
+    # n_samples that is not the labelled count (a mixture: products are not whole): no counts, no powered row
+    mixed = comparison_table(counted_metrics(n_samples=233), "celeba_small", "accuracy")
+    assert "test positives" not in mixed.mean.columns and not any("powered" in str(r) for r in mixed.mean.index)
 
 
 def test_a_run_found_twice_in_a_results_folder_is_an_error_naming_both(tmp_path, capsys):

@@ -4,8 +4,9 @@ on runs of ``lacnn`` / ``lacnn_baseline`` (:mod:`facebench.lightning_modules.lac
 * ``lacnn-first-layer`` (:func:`first_layer_analysis`): Figure 5, the rectified conv1 responses
   of one or more checkpoints to one image (or the conv1 kernels), with LACNN's landmark channel;
 * ``lacnn-compare`` (:func:`compare_traits`): Table 3, per trait the baseline's and LACNN's
-  accuracy, which won, and whether the difference is significant (McNemar, after
-  ``facebench report``).
+  accuracy, the per-seed differences and whether the difference is significant under the
+  seed-aware test of :mod:`facebench.benchmarks.stats` (from the leaderboard; per-image predictions
+  add the image term).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ import torch
 
 from facebench.benchmarks.analyses import register_analysis
 from facebench.benchmarks.report import collect_metrics
-from facebench.benchmarks.tables import AVERAGE, seed_means
+from facebench.core.io import write_csv
 from facebench.datamodules.celeba import LANDMARK_COLUMNS
 from facebench.datamodules.formats import read_table_file
 from facebench.datamodules.image_files import load_image
@@ -154,54 +155,53 @@ def first_layer_analysis(argv: list[str]) -> int:
 # ------------------------------------------------------------------------------------------------
 # Table 3: baseline vs LACNN per trait
 # ------------------------------------------------------------------------------------------------
-def compare_traits(metrics: pd.DataFrame, baseline: str = "lacnn_baseline", method: str = "lacnn",
-                   metric: str = "accuracy", split: str = "test", significance: pd.DataFrame | None = None) -> pd.DataFrame:
-    """The paper's Table 3 from result records: per (dataset, trait) the mean over seeds of ``metric``
-    for ``baseline`` and ``method`` (suite method keys; :func:`facebench.benchmarks.tables.seed_means` on the long
-    ``metrics``), their difference and the winner by the mean; with the report's ``significance`` table
-    (:func:`facebench.benchmarks.stats.paired_comparisons`) also the pooled McNemar p-value (Holm-adjusted) of
-    the pair and whether the difference is significant (McNemar tests accuracy: only joined for
-    ``metric="accuracy"``)."""
-    frames = []
-    for dataset in sorted(metrics["dataset"].unique()):
-        mean, _, _ = seed_means(metrics, dataset, metric, split)
-        if baseline in mean.columns and method in mean.columns:
-            table = mean[[baseline, method]].drop(index=AVERAGE, errors="ignore").rename_axis("trait").reset_index()
-            frames.append(table.assign(dataset=dataset))
-    if not frames:
+def compare_traits(board: pd.DataFrame, baseline: str = "lacnn_baseline", method: str = "lacnn", metric: str = "accuracy",
+                   split: str = "test", runs: Sequence | None = None) -> pd.DataFrame:
+    """The paper's Table 3 from result records: per (dataset, trait) the test positives and
+    negatives, the mean over seed-matched runs of ``metric`` for ``baseline`` and ``method`` (suite
+    method keys; ``board`` is the leaderboard), their difference (method minus baseline) with the
+    per-seed differences, 95% interval and the seed-aware test of :mod:`facebench.benchmarks.stats`
+    (Holm across traits; per-image predictions ``runs`` add the image term), the winner where it is
+    significant; then the same for ``Average`` and the powered / label-consistent averages."""
+    from facebench.benchmarks.stats import method_comparisons
+
+    df = method_comparisons(board, runs, metric, split, pairs=[(method, baseline)])
+    if df.empty:
         raise ValueError(f"no {metric!r} values of both {baseline!r} and {method!r} on split {split!r}")
-    out = pd.concat(frames, ignore_index=True)[["dataset", "trait", baseline, method]]
-    out.columns.name = None
-    out["difference"] = out[method] - out[baseline]
-    out["winner"] = np.where(out["difference"] > 0, method, np.where(out["difference"] < 0, baseline, "tie"))
-    if significance is not None and not significance.empty and metric == "accuracy":
-        pair = significance[(significance["test"] == "mcnemar")
-                            & (significance[["method_a", "method_b"]].apply(set, axis=1) == {baseline, method})]
-        pair = pair.rename(columns={"attribute": "trait", "p_holm": "mcnemar_p_holm"})
-        out = out.merge(pair[["dataset", "trait", "mcnemar_p_holm", "significant"]], on=["dataset", "trait"], how="left")
-    return out
+    df = df.rename(columns={"attribute": "trait", "value_a": method, "value_b": baseline})
+    return df[["dataset", "trait", "positives", "negatives", baseline, method, "difference", "per_seed_differences",
+               "ci95_low", "ci95_high", "p_value", "p_holm", "significant", "winner", "seeds", "test", "variance"]]
+
+
+def results_board(results: Path) -> pd.DataFrame:
+    """The leaderboard of a results folder: its local runs' rows plus the committed rows of runs
+    that are not there (a clone without run folders reads the committed ``leaderboard.csv``)."""
+    from facebench.benchmarks.report import leaderboard, read_board, with_committed_rows
+
+    return with_committed_rows(leaderboard(collect_metrics(results)), read_board(results / "leaderboard.csv"))
 
 
 @register_analysis("lacnn-compare")
 def compare_analysis(argv: list[str]) -> int:
     """``facebench analyze lacnn-compare RESULTS_DIR``: per trait, the baseline's and LACNN's test
-    accuracy, which won, and whether the difference is significant (after ``facebench report``)."""
+    accuracy, their difference per seed and over seeds, and whether it is significant (seed-aware
+    test), with the powered and label-consistent averages."""
+    from facebench.benchmarks.stats import results_predictions
+
     ap = argparse.ArgumentParser(prog="facebench analyze lacnn-compare", description=compare_analysis.__doc__)
-    ap.add_argument("results", type=Path, help="a results folder (its runs' metrics.csv and tables/significance.csv)")
+    ap.add_argument("results", type=Path, help="a results folder (its runs, or its committed leaderboard.csv)")
     ap.add_argument("--baseline", default="lacnn_baseline", help="suite method key of the baseline")
     ap.add_argument("--method", default="lacnn", help="suite method key of LACNN")
     ap.add_argument("--metric", default="accuracy")
     ap.add_argument("--split", default="test")
     ap.add_argument("--out", type=Path, help="also write the table as CSV")
     args = ap.parse_args(argv)
-    metrics = collect_metrics(args.results)
-    if metrics.empty:
-        raise FileNotFoundError(f"{args.results}: no finished runs")
-    sig_path = args.results / "tables" / "significance.csv"
-    significance = pd.read_csv(sig_path) if sig_path.is_file() else None
-    table = compare_traits(metrics, args.baseline, args.method, args.metric, args.split, significance)
-    with pd.option_context("display.width", 160, "display.float_format", "{:.4f}".format):
+    board = results_board(args.results)
+    if board.empty:
+        raise FileNotFoundError(f"{args.results}: no finished runs and no leaderboard.csv")
+    table = compare_traits(board, args.baseline, args.method, args.metric, args.split, results_predictions(args.results, args.split))
+    with pd.option_context("display.width", 200, "display.max_columns", 20, "display.float_format", "{:.4f}".format):
         print(table.to_string(index=False))
     if args.out:
-        table.to_csv(args.out, index=False)
+        write_csv(args.out, table, float_format="%.6g")
     return 0
