@@ -123,9 +123,12 @@ def weighting_rows() -> list[dict[str, Any]]:
 
     folder = describe.FOLDER / "weighting"
     classes = index_package(str(folder), "facebench.lightning_modules.weighting", "register_weighting", ("self",))
-    return [{"weighting": name, "class": cls.name, "kind": "gradient" if setting(cls, "gradient_based", classes) else "loss",
+    from facebench.lightning_modules.weighting.peer_specs import peer_rows   # torchjd's aggregators (plain data)
+
+    rows = [{"weighting": name, "class": cls.name, "kind": "gradient" if setting(cls, "gradient_based", classes) else "loss",
              "paper": setting(cls, "paper", classes, "") or "", "description": first_paragraph(cls.doc)}
-            for name, cls in sorted(registered(classes).items())]
+            for name, cls in registered(classes).items()]
+    return sorted(rows + peer_rows(), key=lambda r: r["weighting"])
 
 
 def render_weightings(rows: list[dict[str, Any]]) -> str:

@@ -6,7 +6,8 @@ cross-entropy per target, :func:`~facebench.lightning_modules.losses.target_loss
 ``configure_metrics``. Per-target losses are combined by ``combine_losses`` (equal weights; a sum
 for methods made of independent networks, which also select each network's own best epoch:
 :mod:`facebench.lightning_modules.selection`), or, when a suite sets ``mtl``, by a multi-task weighting
-(:mod:`facebench.lightning_modules.weighting`; gradient methods read the ``shared_parameters`` hook).
+(:mod:`facebench.lightning_modules.weighting`; gradient methods read the ``shared_parameters`` hook, and
+the ``shared_representation`` hook for ``mtl: {gradients: representation}``).
 Training, validation, the gathering of test predictions under DDP, optimisers and schedulers from
 config, parameter and FLOP counts are here.
 """
@@ -14,7 +15,7 @@ config, parameter and FLOP counts are here.
 from __future__ import annotations
 
 import functools
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import lightning as L
 import numpy as np
@@ -185,6 +186,17 @@ class FaceAttributeTask(L.LightningModule):
         methods then refuse the method, naming it)."""
         return []
 
+    def shared_representation(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Callable[[torch.Tensor], torch.Tensor]]:
+        """``(h, heads)``: the output ``h`` of the layers all tasks share (the layers of
+        :meth:`shared_parameters`) on a batch, and the function of the task-specific layers from it
+        to the logits (``heads(h)`` equals :meth:`logits`), for ``mtl: {gradients: representation}``
+        (MGDA-UB, Sener & Koltun 2018, sec. 3.3). Default: none (that setting then refuses the method)."""
+        raise NotImplementedError(f"method {self.method_name!r} gives no shared representation")
+
+    @property
+    def has_shared_representation(self) -> bool:
+        return type(self).shared_representation is not FaceAttributeTask.shared_representation
+
     def task_groups(self) -> dict[str, list[str]]:
         """``{group: [target names]}`` for ``mtl: {tasks: groups}``; default each ``Target.group``."""
         return default_task_groups(self.task)
@@ -200,7 +212,8 @@ class FaceAttributeTask(L.LightningModule):
         if self.sums_target_losses:
             raise ValueError(f"method {self.method_name!r} trains independent networks (nothing is shared between "
                              f"targets): mtl weightings do not apply")
-        return build_multitask(mtl, self.task, self.method_name, self.task_groups, self.shared_parameters)
+        return build_multitask(mtl, self.task, self.method_name, self.task_groups, self.shared_parameters,
+                               has_representation=self.has_shared_representation)
 
     @property
     def sums_target_losses(self) -> bool:
@@ -252,8 +265,14 @@ class FaceAttributeTask(L.LightningModule):
         ``mtl_mean_loss``, the unweighted mean, and ``mtl_weight/<task>``)."""
         if self.multitask is None:
             return self.compute_loss(self.logits(batch), batch), {}
-        ctx = StepContext(epoch=self.current_epoch, shared=self.shared_parameters)
-        return self.multitask(self.target_losses(self.logits(batch), batch), ctx)
+        representation = None
+        if self.multitask.uses_representation:    # gradients on the trunk's output: MGDA-UB
+            representation, heads = self.shared_representation(batch)
+            logits = heads(representation)
+        else:
+            logits = self.logits(batch)
+        ctx = StepContext(epoch=self.current_epoch, shared=self.shared_parameters, representation=representation)
+        return self.multitask(self.target_losses(logits, batch), ctx)
 
     def on_train_batch_end(self, outputs: Any, batch: dict[str, Any], batch_idx: int) -> None:
         """FAMO-style weightings see the batch's task losses after the optimiser step."""

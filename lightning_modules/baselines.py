@@ -112,6 +112,12 @@ class TimmBaseline(FaceAttributeTask):
         head = {id(p) for p in self.net.get_classifier().parameters()}
         return [p for p in self.net.parameters() if id(p) not in head]
 
+    def shared_representation(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """The classifier's input (timm's pre-logits features) and the classifier as the heads
+        (``mtl: {gradients: representation}``)."""
+        features = self.net.forward_head(self.net.forward_features(batch["image"]), pre_logits=True)
+        return features, self.net.get_classifier()
+
 
 def create_timm_model(name: str, *, pretrained: bool = False, pretrained_file: str | None = None,
                       img_size: int | None = None, **kwargs: Any) -> nn.Module:

@@ -412,14 +412,22 @@ class MCNN(MCNNFamily):
 
     def attribute_scores(self, image: torch.Tensor) -> torch.Tensor:
         """MCNN's attribute scores (logits) ``[B, task.n_logits]`` in the task's column order."""
-        x = self.conv3(self.conv2(self.conv1(image)))
-        b = x.shape[0]
-        per_branch = x.reshape(b, len(self.branches), -1)          # [B, branches, 300 * grid^2]
-        return self.heads(per_branch[:, self.branch_of_group])    # each group's FC1 reads its branch
+        return self.scores_from_conv2(self.conv2(self.conv1(image)))
 
     def shared_parameters(self) -> list[nn.Parameter]:
         """Conv1 and Conv2, the layers every attribute group shares (multi-task gradient methods)."""
         return [*self.conv1.parameters(), *self.conv2.parameters()]
+
+    def shared_representation(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """Conv2's output maps (after its pooling and LRN), what every Conv3 branch reads; the heads are
+        the Conv3 branches and the groups' FC layers (``mtl: {gradients: representation}``)."""
+        return self.conv2(self.conv1(batch["image"])), self.scores_from_conv2
+
+    def scores_from_conv2(self, x: torch.Tensor) -> torch.Tensor:
+        """The attribute scores from Conv2's output (every layer after the shared ones)."""
+        x = self.conv3(x)
+        per_branch = x.reshape(x.shape[0], len(self.branches), -1)   # [B, branches, 300 * grid^2]
+        return self.heads(per_branch[:, self.branch_of_group])       # each group's FC1 reads its branch
 
     def task_groups(self) -> dict[str, list[str]]:
         """The attribute groups as resolved for the task (Table 1 by default), for ``mtl: {tasks: groups}``."""

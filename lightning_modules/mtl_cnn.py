@@ -11,7 +11,8 @@ it with Adam (lr 3e-4), batches of 256, 15 epochs, and reports the F1 score of e
 epoch with the best mean validation F1.
 
 * ``mtl_cnn``: that network; any ``mtl: {weighting: ...}`` of the base task weighs its per-attribute
-  (or per-group) losses, and its shared parameters are the trunk (everything but the heads).
+  (or per-group) losses, and its shared parameters are the trunk (everything but the heads); its
+  shared representation (``mtl: {gradients: representation}``) is the trunk's output.
 * ``per_group_networks: true``: the single-task baseline of a multi-task comparison (Δm%): one
   separate network of the same shape per task group (MCNN's nine attribute groups of Table 1 by
   default, or ``groups``), each with the heads of its group only, trained as separate networks
@@ -116,6 +117,12 @@ class MultiTaskCNN(FaceAttributeTask):
         if self.per_group_networks:
             return []
         return [p for p in self.networks[0].trunk.parameters() if p.requires_grad]
+
+    def shared_representation(self, batch: dict[str, Any]) -> tuple[torch.Tensor, Any]:
+        """The trunk's output (the second FC layer's 512 units at width 1) and the per-attribute output
+        units as the heads (``mtl: {gradients: representation}``)."""
+        net = self.networks[0]
+        return net.trunk(batch["image"]), lambda h: net.head(h)[:, self.logit_order]
 
     def task_groups(self) -> dict[str, list[str]]:
         return {g: list(names) for g, names in resolve_groups(self.task, self.groups_arg, unlisted_group="Other").items()}

@@ -44,6 +44,9 @@ class IMTL(GradientWeighting):
     the weights are the closed form of :func:`imtl_weights`. (The paper's IMTL-L, which learns loss
     scales, and the hybrid IMTL are not part of this weighting.)"""
 
+    paper = ("Liu, Li, Kuang, Xue, Chen, Yang, Liao & Zhang, \"Towards Impartial Multi-task Learning\" (ICLR 2021), "
+             "IMTL-G")
+
     def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         alpha = imtl_weights(gram(grads)).to(grads)
         return alpha @ grads, alpha
@@ -77,6 +80,9 @@ class AlignedMTL(GradientWeighting):
     Args:
         rank_tol: eigenvalues of ``G G^T`` below ``rank_tol * lambda_max`` count as zero.
     """
+
+    paper = ("Senushkin, Patakin, Kuznetsov & Konushin, \"Independent Component Alignment for Multi-Task Learning\" "
+             "(CVPR 2023)")
 
     def __init__(self, n_tasks: int, rank_tol: float = 1e-10):
         super().__init__(n_tasks)

@@ -36,7 +36,7 @@ from facebench.core.registry import Registry
 
 
 def _load_all() -> None:
-    from facebench.lightning_modules.weighting import balance, conflict, loss_based, pareto  # noqa: F401
+    from facebench.lightning_modules.weighting import balance, conflict, loss_based, momentum, pareto, peer  # noqa: F401
 
 
 WEIGHTINGS: Registry[type["Weighting"]] = Registry("weighting", loader=_load_all, name_attribute="weighting_name")
@@ -49,8 +49,20 @@ def create_weighting(name: str, n_tasks: int, **kwargs: Any) -> "Weighting":
     """Instantiate a registered weighting for ``n_tasks`` tasks; unknown keyword arguments are named
     in a ``ValueError`` with the allowed ones."""
     cls = WEIGHTINGS.get(name)
-    check_options(f"weighting {name!r}", kwargs, constructor_options(cls, Weighting, skip=("self", "n_tasks")))
+    check_options(f"weighting {name!r}", kwargs, cls.option_names())
     return cls(n_tasks, **kwargs)
+
+
+def weighting_rows() -> list[dict[str, str]]:
+    """One row per registered weighting, for ``facebench list weightings``: ``name``, ``kind``
+    (``loss`` or ``gradient``), ``implementation`` (``facebench`` or the peer library ``torchjd``),
+    ``paper`` (the citation) and ``summary`` (the first paragraph of its docstring)."""
+    rows = []
+    for name, cls in WEIGHTINGS.items():
+        doc = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split())
+        rows.append({"name": name, "kind": "gradient" if cls.gradient_based else "loss",
+                     "implementation": cls.implementation, "paper": cls.paper, "summary": doc})
+    return rows
 
 
 def run_generator(seed: int | None) -> tuple[int, torch.Generator]:
@@ -74,11 +86,14 @@ def ddp_mean(t: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class StepContext:
-    """What a weighting may read besides the losses: the training epoch (DWA) and the parameters all
-    tasks share (GradNorm's last shared layer), fetched only when asked for."""
+    """What a weighting may read besides the losses: the training epoch (DWA), the parameters all
+    tasks share (GradNorm's last shared layer), fetched only when asked for, and the shared
+    representation when the gradients are taken on it."""
 
     epoch: int = 0
     shared: Callable[[], Sequence[nn.Parameter]] = field(default=lambda: [])
+    #: The shared representation of the batch (``mtl: {gradients: representation}``), else ``None``.
+    representation: torch.Tensor | None = None
 
 
 class Weighting(nn.Module):
@@ -90,6 +105,10 @@ class Weighting(nn.Module):
     """
 
     weighting_name: ClassVar[str] = ""
+    #: The publication the weighting implements: authors, title, venue and year.
+    paper: ClassVar[str] = ""
+    #: Whose code computes it: ``facebench`` (this package) or ``torchjd`` (the peer library's aggregator).
+    implementation: ClassVar[str] = "facebench"
     gradient_based: ClassVar[bool] = False
     needs_shared: ClassVar[bool] = False
     wants_losses_after_step: ClassVar[bool] = False
@@ -99,6 +118,11 @@ class Weighting(nn.Module):
         if int(n_tasks) < 1:
             raise ValueError(f"{type(self).__name__}: n_tasks must be at least 1, got {n_tasks}")
         self.n_tasks = int(n_tasks)
+
+    @classmethod
+    def option_names(cls) -> set[str]:
+        """The keyword arguments ``mtl: {weighting: NAME, ...}`` may give (default: the constructor's)."""
+        return constructor_options(cls, Weighting, skip=("self", "n_tasks"))
 
     def after_step(self, losses: torch.Tensor) -> None:
         """The task losses ``[K]`` (DDP-averaged, detached) of the step's batch after the optimiser
@@ -117,15 +141,40 @@ class LossWeighting(Weighting):
 
 
 class GradientWeighting(Weighting):
-    """Combines the per-task gradients on the shared parameters."""
+    """Combines the per-task gradients on what the tasks share: the shared parameters (``mtl:
+    {gradients: parameters}``, the papers' definition) or the shared representation (``gradients:
+    representation``, MGDA-UB's approximation; :mod:`facebench.lightning_modules.weighting.jacobian`).
+
+    ``state_in_gradient_space``: the weighting keeps per-task gradients across steps (DB-MTL's and
+    MoCo's moving averages); those live in the parameter space only (a representation is another
+    batch's at every step), so such a weighting refuses ``gradients: representation``."""
 
     gradient_based = True
+    state_in_gradient_space: ClassVar[bool] = False
 
     def combine(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``grads [K, P]`` (task ``k``'s gradient on the flattened shared parameters, averaged over
-        DDP ranks) and ``losses [K]`` (detached, averaged) -> (the combined shared gradient ``[P]``,
-        the weights ``[K]`` of the task-specific parameters' losses)."""
+        """``grads [K, N]`` (task ``k``'s gradient on the flattened shared parameters or
+        representation, DDP-reduced) and ``losses [K]`` (detached, averaged) -> (the combined shared
+        gradient ``[N]``, the weights ``[K]`` of the task-specific parameters' losses). Gets only the
+        tasks present in the step (:meth:`combine_tasks`)."""
         raise NotImplementedError
+
+    def combine_tasks(self, grads: torch.Tensor, losses: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """:meth:`combine` over every task: tasks whose gradient is zero on every rank (none of their
+        targets labelled in the batch) sit out the step with weight 0 (a zero gradient is an absent
+        task, not a converged one: MGDA would otherwise stop every task, Nash-MTL and IMTL would
+        divide by zero). Weightings with state per task override this to see every row."""
+        k = grads.shape[0]
+        active = (grads != 0).any(dim=1).nonzero().flatten()
+        if len(active) == 0:
+            return torch.zeros_like(grads[0]), torch.full((k,), 1.0 / k, dtype=grads.dtype, device=grads.device)
+        if len(active) == k:
+            shared, weights = self.combine(grads, losses)
+            return shared, weights.to(grads.dtype)
+        shared, w_active = self.combine(grads[active], losses[active])
+        weights = torch.zeros(k, dtype=grads.dtype, device=grads.device)
+        weights[active] = w_active.detach().to(grads.dtype)
+        return shared, weights
 
 
 def gram(grads: torch.Tensor) -> torch.Tensor:

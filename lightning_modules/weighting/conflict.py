@@ -47,6 +47,9 @@ class PCGrad(GradientWeighting):
         seed: seed of the task-order generator; ``None`` (default): the run's seed (:func:`run_generator`).
     """
 
+    paper = ("Yu, Kumar, Gupta, Levine, Hausman & Finn, \"Gradient Surgery for Multi-Task Learning\" "
+             "(NeurIPS 2020)")
+
     def __init__(self, n_tasks: int, seed: int | None = None):
         super().__init__(n_tasks)
         self.seed, self.generator = run_generator(seed)
@@ -106,6 +109,8 @@ class CAGrad(GradientWeighting):
         c: the ball's radius relative to ``||g_0||`` (paper: 0.4 for the vision benchmarks).
         rescale: divide the update by ``1 + c^2``.
     """
+
+    paper = "Liu, Liu, Jin, Stone & Liu, \"Conflict-Averse Gradient Descent for Multi-task Learning\" (NeurIPS 2021)"
 
     def __init__(self, n_tasks: int, c: float = 0.4, rescale: bool = False):
         super().__init__(n_tasks)

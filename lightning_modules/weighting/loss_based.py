@@ -8,6 +8,8 @@ the scale of the mean task loss (:mod:`facebench.lightning_modules.weighting.bas
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 
@@ -20,6 +22,8 @@ class Equal(LossWeighting):
 
     With one task per target this is exactly the base task's loss (``losses.mean()``), the default
     of every method."""
+
+    paper = ""   # the baseline every paper compares with
 
     def forward(self, losses: torch.Tensor, ctx: StepContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         return losses.mean(), torch.full_like(losses.detach(), 1.0 / self.n_tasks)
@@ -44,6 +48,9 @@ class Uncertainty(LossWeighting):
     Args:
         init: initial log-variance of every task (0: weights 1, i.e. the mean loss at the start).
     """
+
+    paper = ("Kendall, Gal & Cipolla, \"Multi-Task Learning Using Uncertainty to Weigh Losses for Scene Geometry and "
+             "Semantics\" (CVPR 2018)")
 
     def __init__(self, n_tasks: int, init: float = 0.0):
         super().__init__(n_tasks)
@@ -72,6 +79,8 @@ class DynamicWeightAverage(LossWeighting):
     Args:
         temperature: ``T`` (paper: 2); larger is closer to equal weights.
     """
+
+    paper = "Liu, Johns & Davison, \"End-to-End Multi-Task Learning with Attention\" (CVPR 2019)"
 
     def __init__(self, n_tasks: int, temperature: float = 2.0):
         super().__init__(n_tasks)
@@ -127,6 +136,9 @@ class RandomLossWeighting(LossWeighting):
         seed: seed of the weights' generator; ``None`` (default): the run's seed (:func:`run_generator`).
     """
 
+    paper = ("Lin, Ye, Zhang & Tsang, \"Reasonable Effectiveness of Random Weighting: A Litmus Test for Multi-Task "
+             "Learning\" (TMLR 2022)")
+
     def __init__(self, n_tasks: int, seed: int | None = None):
         super().__init__(n_tasks)
         self.seed, self.generator = run_generator(seed)
@@ -166,6 +178,8 @@ class FAMO(LossWeighting):
         min_losses: ``b_i``, a lower bound of every task loss (0 for cross-entropy).
         update: ``"adam"`` or ``"sgd"``. measure: ``"same_batch"`` or ``"next_batch"``.
     """
+
+    paper = "Liu, Feng, Stone & Liu, \"FAMO: Fast Adaptive Multitask Optimization\" (NeurIPS 2023)"
 
     def __init__(self, n_tasks: int, lr: float = 0.025, weight_decay: float = 1e-3, min_losses: float = 0.0,
                  update: str = "adam", measure: str = "same_batch", eps: float = 1e-8):
@@ -246,6 +260,9 @@ class GradNorm(LossWeighting):
             rates together harder).
     """
 
+    paper = ("Chen, Badrinarayanan, Lee & Rabinovich, \"GradNorm: Gradient Normalization for Adaptive Loss Balancing in "
+             "Deep Multitask Networks\" (ICML 2018)")
+
     needs_shared = True
 
     def __init__(self, n_tasks: int, alpha: float = 1.5):
@@ -291,3 +308,81 @@ class GradNorm(LossWeighting):
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}, alpha={self.alpha}"
+
+
+@register_weighting("gls")
+class GeometricLoss(LossWeighting):
+    """Geometric loss strategy: Chennupati, Sistu, Yogamani & Rawashdeh, "MultiNet++: Multi-Stream
+    Feature Aggregation and Geometric Loss Strategy for Multi-Task Learning" (CVPR Workshops 2019),
+    Section 3.2.
+
+    ``L = (prod_i L_i)^(1/K)``, the geometric mean of the task losses, computed as ``exp(mean_i log
+    L_i)`` (the product of 40 small losses underflows float32). Its gradient is ``sum_i w_i grad
+    L_i`` with ``w_i = L / (K L_i)``: a task's weight is inverse to its loss, so every task's
+    relative decrease counts the same; equal losses give ``1/K`` each (the mean-loss scale).
+
+    Args:
+        eps: added to every loss before the logarithm (a zero loss).
+    """
+
+    paper = ("Chennupati, Sistu, Yogamani & Rawashdeh, \"MultiNet++: Multi-Stream Feature Aggregation and Geometric "
+             "Loss Strategy for Multi-Task Learning\" (CVPR Workshops 2019)")
+
+    def __init__(self, n_tasks: int, eps: float = 1e-12):
+        super().__init__(n_tasks)
+        self.eps = float(eps)
+
+    def forward(self, losses: torch.Tensor, ctx: StepContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = torch.exp(torch.log(losses + self.eps).mean())
+        return loss, (loss / (self.n_tasks * (losses + self.eps))).detach()
+
+
+@register_weighting("stch")
+class SmoothTchebycheff(LossWeighting):
+    """Smooth Tchebycheff scalarisation: Lin, Zhang, Zhang, Liu, Zhang & Zhang, "Smooth Tchebycheff
+    Scalarization for Multi-Objective Optimization" (ICML 2024), Section 3, as its multi-task code
+    and LibMTL apply it.
+
+    The Tchebycheff scalarisation ``max_i (f_i - z_i)`` trains the worst task; its smooth form
+    ``mu log sum_i exp((f_i - z_i) / mu)`` is differentiable and tends to it as ``mu -> 0``. On
+    losses of different scales the objectives are ``f_i = log(L_i / n_i)``, the log-loss relative to
+    a reference ``n_i``, the mean loss of the warm-up epochs, and the ideal point ``z`` is 0 in these
+    units. During the warm-up the training loss is ``1/K sum_i log L_i`` (every task's log-loss alike);
+    then ``L = mu (log sum_i exp(f_i / mu) - log K)``, whose weights are ``softmax_i(f / mu) / L_i``:
+    at equal relative losses ``1 / (K L_i)``, as in the warm-up, and the more weight the worse a task
+    does relative to its reference. LibMTL sums the log-losses and multiplies the objective by ``K``;
+    dividing both by ``K`` puts them on the mean-loss scale (:mod:`facebench.lightning_modules.weighting.base`),
+    and the constant ``- log K`` makes equal objectives give ``L = f``.
+
+    The reference is the mean over the warm-up epochs' steps of the losses averaged over the DDP
+    ranks, kept in buffers (a resumed run keeps it).
+
+    Args:
+        mu: the smoothing (default 1.0; the paper tunes it per problem); smaller is closer to
+            training the worst task alone.
+        warmup_epochs: epochs of log-loss training that fix the reference losses (at least 1).
+        eps: added to the losses before the logarithm.
+    """
+
+    paper = ("Lin, Zhang, Zhang, Liu, Zhang & Zhang, \"Smooth Tchebycheff Scalarization for Multi-Objective "
+             "Optimization\" (ICML 2024)")
+
+    def __init__(self, n_tasks: int, mu: float = 1.0, warmup_epochs: int = 1, eps: float = 1e-20):
+        super().__init__(n_tasks)
+        if mu <= 0 or int(warmup_epochs) < 1:
+            raise ValueError(f"stch: mu must be positive and warmup_epochs at least 1, got {mu}, {warmup_epochs}")
+        self.mu, self.warmup_epochs, self.eps = float(mu), int(warmup_epochs), float(eps)
+        self.register_buffer("reference_sum", torch.zeros(self.n_tasks, dtype=torch.float64))
+        self.register_buffer("reference_count", torch.zeros((), dtype=torch.long))
+
+    def forward(self, losses: torch.Tensor, ctx: StepContext | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        epoch = ctx.epoch if ctx is not None else 0
+        logs = torch.log(losses + self.eps)
+        if epoch < self.warmup_epochs or int(self.reference_count) == 0:
+            self.reference_sum += ddp_mean(losses.detach()).double()
+            self.reference_count += 1
+            return logs.mean(), (1.0 / (self.n_tasks * (losses.detach() + self.eps)))
+        reference = (self.reference_sum / self.reference_count).to(losses.dtype)
+        f = logs - torch.log(reference + self.eps)
+        loss = self.mu * (torch.logsumexp(f / self.mu, dim=0) - math.log(self.n_tasks))
+        return loss, torch.softmax(f.detach() / self.mu, dim=0) / (losses.detach() + self.eps)

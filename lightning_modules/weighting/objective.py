@@ -1,7 +1,8 @@
 """The multi-task training objective a method gets from ``mtl: {...}``: which targets form each
 task, and how a weighting's combination reaches the optimiser (DDP included).
 
-``mtl: {weighting: NAME, tasks: targets | groups | {task: [target, ...]}, **weighting_kwargs}``:
+``mtl: {weighting: NAME, tasks: targets | groups | {task: [target, ...]}, gradients: parameters |
+representation, jacobian: auto | batched | loop, **weighting_kwargs}``:
 
 * ``tasks: targets`` (default): one task per target; ``groups``: one task per attribute group (the
   method's ``task_groups()``: MCNN's Table 1 groups, else each ``Target.group``); a mapping names
@@ -9,31 +10,41 @@ task, and how a weighting's combination reaches the optimiser (DDP included).
   its targets' losses.
 * ``weighting``: a name of :data:`~facebench.lightning_modules.weighting.base.WEIGHTINGS` (default ``equal``);
   the other keys are its constructor's arguments.
+* ``gradients`` (gradient weightings only): ``parameters`` (default, the papers' definition) takes
+  the per-task gradients on the shared parameters; ``representation`` on the shared representation
+  (the method's ``shared_representation`` hook: its trunk's output and the heads that map it to the
+  logits), MGDA-UB's approximation (Sener & Koltun 2018, sec. 3.3), far cheaper:
+  :mod:`facebench.lightning_modules.weighting.jacobian`.
+* ``jacobian``: how the per-task gradients are taken, ``batched`` (one vectorised backward pass),
+  ``loop`` (one per task) or ``auto`` (default: batched on accelerators, loop on the CPU).
 
-Gradient weightings and automatic optimisation. The per-task gradients on the shared parameters
-are taken in the training step with ``torch.autograd.grad(..., retain_graph=True)`` and averaged
-over DDP ranks (:func:`~facebench.lightning_modules.weighting.base.ddp_mean`; DDP's reducer does not see
-``autograd.grad``), then combined into the shared gradient ``s [P]`` and head weights ``w [K]``. The
-step returns
+Gradient weightings and automatic optimisation. The per-task gradients (the rows ``G [K, N]``) are
+taken in the training step on the graph of the step's forward pass, reduced over DDP ranks (DDP's
+reducer does not see ``autograd.grad``), then combined into the shared gradient ``s [N]`` and head
+weights ``w [K]``. The step returns
 
-    loss = sum_k w_k L_k  +  sum_p < p - p.detach(), (s - w G)_p >,
+    loss = sum_k w_k L_k  +  < x - x.detach(), s - w G >,
 
-whose value is exactly the weighted loss (the second term is exactly zero) and whose backward gives
-every task-specific parameter the gradient of ``sum_k w_k L_k`` and every shared parameter ``w G_local
-+ (s - w G)``. DDP averages that over ranks to ``w G + s - w G = s``, the combined gradient. We chose
-this over overwriting ``.grad`` in ``on_after_backward`` or manual optimisation because it keeps
-Lightning's loop as it is: gradient accumulation, the AMP loss scaler, gradient clipping, DDP's
-bucketed all-reduce, and the base task's NaN check and ``train/loss`` logging all apply unchanged.
-For the weightings whose update is a weighting of the task gradients (MGDA, IMTL, Nash-MTL,
-Aligned-MTL: ``s = w G``) the correction is zero up to rounding.
+``x`` the shared parameters or representation, whose value is exactly the weighted loss (the second
+term is exactly zero) and whose backward gives every task-specific parameter the gradient of ``sum_k
+w_k L_k`` and the shared part ``w G_local + (s - w G)``. DDP averages that over ranks to ``w G + s -
+w G = s``, the combined gradient (for the representation, each rank's block: see
+:class:`~facebench.lightning_modules.weighting.jacobian.RepresentationGradients`). We chose this over
+overwriting ``.grad`` in ``on_after_backward`` or manual optimisation because it keeps Lightning's loop
+as it is: gradient accumulation, the AMP loss scaler, gradient clipping, DDP's bucketed all-reduce,
+and the base task's NaN check and ``train/loss`` logging all apply unchanged. For the weightings whose
+update is a weighting of the task gradients (MGDA, IMTL, Nash-MTL, Aligned-MTL, UPGrad, ...: ``s = w
+G``) the correction is zero up to rounding.
 
 Tasks whose gradient is zero on every rank (none of their targets labelled in the batch) sit out
-that step's combination (weight 0): a zero gradient is an absent task, not a converged one (MGDA
-would otherwise stop every task, Nash-MTL and IMTL would divide by zero).
+that step's combination (weight 0): :meth:`~facebench.lightning_modules.weighting.base.GradientWeighting.combine_tasks`.
 
-Cost: ``K`` extra backward passes to the shared parameters and ``K x P`` floats per step (P: the
-shared parameters' size), e.g. 40 tasks on a ResNet-18 trunk hold 1.8 GB: group the targets
-(``tasks: groups``) for large trunks.
+Cost (benchmarks/perf/RESULTS.md): with ``gradients: parameters``, ``K`` backward passes to the shared
+parameters (batched or not, the same arithmetic) and ``K x P`` floats per step (P: the shared
+parameters' size), e.g. 40 tasks on a ResNet-18 trunk hold 1.8 GB: group the targets (``tasks:
+groups``) or take the representation's gradients for large trunks. With ``gradients:
+representation``, ``K`` backward passes through the heads and ``K x B x F`` floats (``F``: the
+representation's size per sample).
 """
 
 from __future__ import annotations
@@ -45,6 +56,11 @@ from torch import nn
 
 from facebench.core.tasks import TaskSpec
 from facebench.lightning_modules.weighting.base import StepContext, Weighting, create_weighting, ddp_mean
+from facebench.lightning_modules.weighting.jacobian import (JACOBIAN_MODES, ParameterGradients, RepresentationGradients,
+                                                        task_jacobian)
+
+#: ``mtl.gradients``: what the per-task gradients are taken on.
+GRADIENT_SETTINGS = ("parameters", "representation")
 
 
 def resolve_tasks(task: TaskSpec, tasks: Any, groups: Callable[[], dict[str, Sequence[str]]]) -> dict[str, list[int]]:
@@ -98,13 +114,22 @@ class MultiTaskObjective(nn.Module):
         weighting: the weighting (a submodule: its parameters and buffers are the method's).
         tasks: ``{task name: [target indices]}`` (:func:`resolve_tasks`).
         n_targets: the task spec's number of targets.
+        gradients: ``parameters`` or ``representation`` (gradient weightings: what the per-task
+            gradients are taken on).
+        jacobian: ``auto``, ``batched`` or ``loop`` (:func:`~facebench.lightning_modules.weighting.jacobian.task_jacobian`).
     """
 
-    def __init__(self, weighting: Weighting, tasks: dict[str, list[int]], n_targets: int):
+    def __init__(self, weighting: Weighting, tasks: dict[str, list[int]], n_targets: int, gradients: str = "parameters",
+                 jacobian: str = "auto"):
         super().__init__()
         if weighting.n_tasks != len(tasks):
             raise ValueError(f"weighting built for {weighting.n_tasks} tasks, {len(tasks)} given")
+        if gradients not in GRADIENT_SETTINGS:
+            raise ValueError(f"mtl.gradients must be one of {', '.join(GRADIENT_SETTINGS)}, got {gradients!r}")
+        if jacobian not in JACOBIAN_MODES:
+            raise ValueError(f"mtl.jacobian must be one of {', '.join(JACOBIAN_MODES)}, got {jacobian!r}")
         self.weighting = weighting
+        self.gradients, self.jacobian = gradients, jacobian
         self.task_names = list(tasks)
         identity = [idx for idx in tasks.values()] == [[i] for i in range(n_targets)]
         if identity:
@@ -114,6 +139,11 @@ class MultiTaskObjective(nn.Module):
             for k, idx in enumerate(tasks.values()):
                 matrix[k, idx] = 1.0 / len(idx)
             self.register_buffer("task_matrix", matrix, persistent=False)
+
+    @property
+    def uses_representation(self) -> bool:
+        """The training step must give the shared representation (``StepContext.representation``)."""
+        return bool(self.weighting.gradient_based) and self.gradients == "representation"
 
     @property
     def wants_losses_after_step(self) -> bool:
@@ -138,27 +168,21 @@ class MultiTaskObjective(nn.Module):
 
     def gradient_loss(self, losses: torch.Tensor, ctx: StepContext) -> tuple[torch.Tensor, torch.Tensor]:
         """The loss of a gradient weighting (module docstring): per-task gradients on the shared
-        parameters, averaged over ranks, combined, and a loss whose backward gives the combination."""
-        params = [p for p in ctx.shared() if p.requires_grad]
-        rows = []
-        for k in range(losses.shape[0]):
-            grads = torch.autograd.grad(losses[k], params, retain_graph=True, allow_unused=True)
-            rows.append(torch.cat([(torch.zeros_like(p) if g is None else g).reshape(-1) for g, p in zip(grads, params)]))
-        g_all = ddp_mean(torch.stack(rows))
-        reduced = ddp_mean(losses.detach())
-        k = losses.shape[0]
-        active = (g_all != 0).any(dim=1).nonzero().flatten()
-        if len(active) == 0:
-            return losses.mean(), torch.full((k,), 1.0 / k, dtype=losses.dtype, device=losses.device)
-        shared, w_active = self.weighting.combine(g_all[active], reduced[active])
-        weights = torch.zeros(k, dtype=g_all.dtype, device=g_all.device)
-        weights[active] = w_active.detach().to(g_all.dtype)
-        correction = shared.detach() - weights @ g_all
-        surrogate = losses.new_zeros(())
-        for p, c in zip(params, correction.split([p.numel() for p in params])):
-            surrogate = surrogate + ((p - p.detach()) * c.view(p.shape).to(p.dtype)).sum()
+        parameters or representation, reduced over ranks, combined, and a loss whose backward gives
+        the combination."""
+        if self.uses_representation:
+            if ctx.representation is None:
+                raise ValueError("mtl gradients: representation needs the step's shared representation "
+                                 "(StepContext.representation); the method's training step gave none")
+            space = RepresentationGradients(ctx.representation)
+        else:
+            space = ParameterGradients(ctx.shared())
+        g_all = space.reduce(task_jacobian(losses, space.inputs, self.jacobian))
+        shared, weights = self.weighting.combine_tasks(g_all, ddp_mean(losses.detach()))
+        weights = weights.detach().to(g_all.dtype)
+        correction = shared.detach().to(g_all.dtype) - weights @ g_all
         weights = weights.to(losses.dtype)
-        return (weights * losses).sum() + surrogate, weights
+        return (weights * losses).sum() + space.surrogate(correction), weights
 
     @torch.no_grad()
     def after_step(self, method: Any, batch: dict[str, Any]) -> None:
@@ -176,18 +200,30 @@ class MultiTaskObjective(nn.Module):
 
 
 def build_multitask(mtl: dict, task: TaskSpec, method: str, groups: Callable[[], dict[str, Sequence[str]]],
-                    shared: Callable[[], Sequence[nn.Parameter]]) -> MultiTaskObjective:
+                    shared: Callable[[], Sequence[nn.Parameter]], has_representation: bool = False) -> MultiTaskObjective:
     """The objective for a method's ``mtl`` argument (module docstring); a gradient weighting (or
-    GradNorm) needs the method to name its shared parameters (``shared()``), else a ``ValueError``."""
+    GradNorm) needs the method to name its shared parameters (``shared()``), and ``gradients:
+    representation`` its shared representation (``has_representation``), else a ``ValueError``."""
     if not isinstance(mtl, dict):
         raise ValueError(f"{method}: mtl must be a mapping {{weighting: NAME, tasks: ..., **options}}, got {mtl!r}")
     cfg = dict(mtl)
     name = cfg.pop("weighting", "equal")
     tasks = resolve_tasks(task, cfg.pop("tasks", "targets"), groups)
+    gradients, jacobian = cfg.pop("gradients", "parameters"), cfg.pop("jacobian", "auto")
     weighting = create_weighting(name, len(tasks), **cfg)
     if weighting.gradient_based or weighting.needs_shared:
         if not [p for p in shared() if p.requires_grad]:
             raise ValueError(f"weighting {name!r} needs the trainable parameters that all tasks share, and method "
                              f"{method!r} names none (its shared_parameters() hook is empty or frozen); use a loss "
                              f"weighting (equal, uncertainty, dwa, rlw, famo) with this method")
-    return MultiTaskObjective(weighting, tasks, len(task.targets))
+    if gradients == "representation":
+        if not weighting.gradient_based:
+            raise ValueError(f"mtl.gradients: representation applies to gradient weightings; {name!r} weighs the "
+                             f"losses (drop the key)")
+        if getattr(weighting, "state_in_gradient_space", False):
+            raise ValueError(f"weighting {name!r} keeps per-task gradients across steps, which exist in the parameter "
+                             f"space only (the representation is another batch's at every step); use gradients: parameters")
+        if not has_representation:
+            raise ValueError(f"mtl.gradients: representation needs method {method!r} to give its shared representation "
+                             f"(the shared_representation() hook: trunk output and heads); it has none")
+    return MultiTaskObjective(weighting, tasks, len(task.targets), gradients=gradients, jacobian=jacobian)

@@ -61,6 +61,8 @@ class MGDA(GradientWeighting):
         max_iter, tol: Frank-Wolfe's iteration limit and stopping change (more than two tasks).
     """
 
+    paper = "Sener & Koltun, \"Multi-Task Learning as Multi-Objective Optimization\" (NeurIPS 2018)"
+
     def __init__(self, n_tasks: int, max_iter: int = 250, tol: float = 1e-7):
         super().__init__(n_tasks)
         self.max_iter, self.tol = int(max_iter), float(tol)
@@ -125,6 +127,9 @@ class NashMTL(GradientWeighting):
         max_iter, tol: Newton's iteration limit and its tolerance on ``alpha_i (G^T G alpha)_i = 1``.
         ridge: the relative diagonal regulariser of :func:`nash_weights`.
     """
+
+    paper = ("Navon, Shamsian, Achituve, Maron, Kawaguchi, Chechik & Fetaya, \"Multi-Task Learning as a Bargaining "
+             "Game\" (ICML 2022)")
 
     def __init__(self, n_tasks: int, max_iter: int = 100, tol: float = 1e-10, ridge: float = 1e-8):
         super().__init__(n_tasks)
