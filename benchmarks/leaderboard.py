@@ -190,8 +190,10 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame, runs: list[RunPrediction
             row["seeds"] = int(per_seed[metric].notna().sum())
             if metric == "accuracy":
                 row["interval"] = s["variance"]
-        labels = list(dict.fromkeys(row_labels(grp["attribute"], grp["class"])))
-        for name, members in average_subsets(support, dataset, labels, MIN_POSITIVES).items():
+        scored = grp[grp["accuracy"].notna()] if "accuracy" in grp else grp      # not the box / identity targets
+        labels = list(dict.fromkeys(row_labels(scored["attribute"], scored["class"])))
+        subsets = average_subsets(support, dataset, labels, MIN_POSITIVES) if len(labels) > 1 else {}
+        for name, members in subsets.items():
             key = name.replace("-", "_")
             row[f"{key}_targets"] = len(members)
             for metric in [m for m in SUBSET_METRICS if m in grp.columns]:
