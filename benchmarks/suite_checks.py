@@ -18,6 +18,7 @@ import difflib
 import functools
 import importlib.util
 import inspect
+import re
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -46,7 +47,7 @@ def _suggest(name: str, allowed: list[str]) -> str:
 
 
 def _set_by(dotted: str, overrides: dict[str, Any] | None) -> str:
-    return f" (set by --set {dotted})" if overrides and dotted in overrides else ""
+    return " (from --set)" if overrides and dotted in overrides else ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -102,13 +103,41 @@ def check_early_stopping(where: str, es: Any, source: str) -> None:
                      f"val/loss or val/mean_accuracy")
 
 
-def timm_model_problem(name: Any) -> str | None:
-    """Why ``name`` is not a timm model (with the closest names), or ``None`` when timm knows it."""
+#: ``@register_model`` functions and ``register_model_deprecations`` aliases in timm's source.
+_TIMM_REGISTERED = re.compile(r"@register_model(?:\(\))?\s*\n\s*def\s+(\w+)\s*\(")
+_TIMM_DEPRECATIONS = re.compile(r"register_model_deprecations\(\s*__name__\s*,\s*\{(.*?)\}\s*\)", re.S)
+_TIMM_ALIAS = re.compile(r"['\"]([\w.\-]+)['\"]\s*:")
+#: Fewer names than this in timm's source means its layout changed: ask timm itself.
+MIN_TIMM_MODELS = 500
+
+
+@functools.lru_cache(maxsize=1)
+def timm_model_names() -> frozenset[str]:
+    """timm's model names and deprecated aliases (what ``timm.is_model`` accepts), read from the
+    source of ``timm/models`` in a few milliseconds (importing timm takes seconds); from timm itself
+    when the source does not look as expected."""
+    spec = importlib.util.find_spec("timm")
+    names: set[str] = set()
+    if spec and spec.submodule_search_locations:
+        for path in (Path(spec.submodule_search_locations[0]) / "models").rglob("*.py"):
+            text = path.read_text(encoding="utf-8", errors="replace")
+            names.update(_TIMM_REGISTERED.findall(text))
+            for block in _TIMM_DEPRECATIONS.findall(text):
+                names.update(_TIMM_ALIAS.findall(block))
+    if len(names) >= MIN_TIMM_MODELS:
+        return frozenset(names)
     import timm
 
-    if isinstance(name, str) and (timm.is_model(name) or timm.is_model(name.split(".")[0])):
+    return frozenset(timm.list_models())
+
+
+def timm_model_problem(name: Any) -> str | None:
+    """Why ``name`` is not a timm model (with the closest names), or ``None`` when timm knows it
+    (a pretrained tag, ``resnet18.a1_in1k``, names the model before the dot)."""
+    known = timm_model_names()
+    if isinstance(name, str) and (name in known or name.split(".")[0] in known):
         return None
-    close = difflib.get_close_matches(str(name), timm.list_models(), n=3, cutoff=0.6)
+    close = difflib.get_close_matches(str(name), sorted(known), n=3, cutoff=0.6)
     hint = f"; closest: {', '.join(close)}" if close else ""
     return f"timm has no model {name!r} (see timm.list_models()){hint}"
 
