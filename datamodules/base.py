@@ -132,6 +132,9 @@ class FaceDataModule(L.LightningDataModule):
     has_identities: ClassVar[bool] = False
     #: ``split`` defaults of datasets without an official split (SplitConfig fields).
     default_split: ClassVar[dict[str, Any]] = {}
+    #: The files (and their columns) the dataset reads under ``root``: ``{path or pattern: what it holds}``,
+    #: as ``facebench list datasets`` shows them (a literal, read from the source).
+    expected_files: ClassVar[dict[str, str]] = {}
 
     def __init__(self, root: str | os.PathLike | None = None, *, batch_size: int = 64, num_workers: int | None = None,
                  image_size: int = 64, channels: int = 3, transforms: dict | None = None,
