@@ -11,6 +11,8 @@
   and loss weightings (``@register_*`` decorators, ``create_*(name, ...)``);
 * :mod:`~facebench.core.plugins`: importing the user's modules, ``module:Class`` import paths
   and entry points, with one-line errors;
+* :mod:`~facebench.core.source_index`: what a registry holds, read from the source without importing
+  it (``facebench list``: registered classes, their settings, constructor arguments and docstrings);
 * :mod:`~facebench.core.agreement`: agreement between raters (Fleiss' kappa) and of a model with
   raters (the leave-one-rater-out human ceiling), which datamodules, metrics and reports share.
 
