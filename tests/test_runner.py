@@ -324,7 +324,7 @@ def test_force_with_only_reruns_the_named_runs_not_their_earlier_stages(monkeypa
     import facebench.benchmarks.runner as runner
 
     calls = []
-    monkeypatch.setattr(runner, "run_one", lambda suite, run, force=False, in_process=False:
+    monkeypatch.setattr(runner, "run_one", lambda suite, run, force=False, in_process=False, command="":
                         calls.append((run.run_id, force)) or runner.RunOutcome(run, "done"))
     runner.run_suite("celeba", only=["lnets_anet--celeba--s0"], force=True, results_root=str(tmp_path), report=False)
     assert calls == [("anet_identity--celeba--s0", False), ("anet--celeba--s0", False), ("lnets_anet--celeba--s0", True)]
