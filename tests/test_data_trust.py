@@ -296,6 +296,7 @@ def test_official_split_counts_cross_split_duplicates_and_dedupe_drops_them(writ
         create_datamodule("celeba", root=root, dedupe={"test": "remove"})
 
 
+@pytest.mark.slow
 @pytest.mark.realdata
 def test_dedupe_on_the_real_subset_duplicate_pair(tmp_path):
     """The real subset's byte-identical pair (186574.jpg = 197961.jpg, one identity) is listed in

@@ -263,6 +263,7 @@ def test_equal_weighting_reproduces_the_plain_run(tmp_path, synth_root, monkeypa
     assert differing and all(k in ("method_key", "run_id", "method.args.mtl.weighting") for k in differing), differing
 
 
+@pytest.mark.slow
 def test_evaluation_checkpoint_last_evaluates_the_final_epoch(tmp_path, synth_root):
     """``evaluation: {checkpoint: last}`` tests the final epoch's weights instead of the monitored best;
     an unknown value is a config error naming the allowed ones."""
