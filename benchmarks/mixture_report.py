@@ -5,8 +5,10 @@ alone (suite ``mtl_faces``).
 The pairs come from the suite file, not from the runs: a dataset entry with ``datamodule: mixture``
 and several ``members`` is a mixture; one with a single member is that member trained alone. Every
 target of a mixture belongs to one member, and the member-alone run has exactly that member's
-targets, so the two are scored on the same test images with the same preprocessing. Per (mixture,
-member, method), from the leaderboard's target-level test rows (and per-image predictions where
+targets, so the two are scored on the same test images with the same preprocessing. A method trained
+only on the mixture (e.g. ``mcnn_balanced``: the same network with another loss weighting) is set
+against the member-alone runs of the one method of the same registered name (``method_name``:
+``mcnn``). Per (mixture, member, method), from the leaderboard's target-level test rows (and per-image predictions where
 there are any, for the image term):
 
 * each metric's mean over the member's targets for the mixture run and for the member-alone run
@@ -55,13 +57,31 @@ def _target_level(board: pd.DataFrame, split: str) -> pd.DataFrame:
     return b[b["class"] == ""]
 
 
-def _pair_runs(runs: Sequence[RunPredictions], mixture: str, alone_key: str, member: str, method: str) -> list[RunPredictions]:
-    """The method's runs on the mixture and on the member alone, relabelled as methods ``mixture``
-    and ``alone`` of one dataset ``member`` (their ids are the source images: they align)."""
+def _pair_runs(runs: Sequence[RunPredictions], mixture: str, alone_key: str, member: str, method: str,
+               alone_method: str) -> list[RunPredictions]:
+    """``method``'s runs on the mixture and ``alone_method``'s on the member alone, relabelled as
+    methods ``mixture`` and ``alone`` of one dataset ``member`` (their ids are the source images: they align)."""
     out = []
     for r in runs or []:
-        if r.method == method and r.dataset in (mixture, alone_key):
+        if (r.method, r.dataset) in ((method, mixture), (alone_method, alone_key)):
             out.append(replace(r, method="mixture" if r.dataset == mixture else "alone", dataset=member))
+    return out
+
+
+def alone_partners(mixed: pd.DataFrame, alone: pd.DataFrame) -> dict[str, str]:
+    """``{mixture method: member-alone method}``: the same method key, else the one member-alone
+    method of the same registered name (``method_name``); methods without a partner are left out."""
+    alone_methods = set(alone["method"])
+    names = alone.drop_duplicates("method").set_index("method")["method_name"] if "method_name" in alone else pd.Series(dtype=str)
+    out = {}
+    for method in sorted(set(mixed["method"])):
+        if method in alone_methods:
+            out[method] = method
+            continue
+        name = mixed.loc[mixed["method"] == method, "method_name"].iloc[0] if "method_name" in mixed else None
+        same = sorted(names[names == name].index) if name is not None else []
+        if len(same) == 1:
+            out[method] = same[0]
     return out
 
 
@@ -77,15 +97,16 @@ def mixture_table(board: pd.DataFrame, pairs: list[tuple[str, str, str]], metric
         alone = b[b["dataset"] == alone_key]
         mixed = b[b["dataset"] == mixture]
         support = leaderboard_support(alone, split).assign(dataset=member)
-        for method in sorted(set(alone["method"]) & set(mixed["method"])):
-            a = alone[alone["method"] == method]
+        for method, alone_method in alone_partners(mixed, alone).items():
+            a = alone[alone["method"] == alone_method]
             targets = sorted(a["attribute"].unique())
             m = mixed[(mixed["method"] == method) & mixed["attribute"].isin(targets)]
             if m.empty:
                 continue
             pair = pd.concat([m.assign(method="mixture"), a.assign(method="alone")]).assign(dataset=member)
-            pair_runs = _pair_runs(runs or [], mixture, alone_key, member, method)
+            pair_runs = _pair_runs(runs or [], mixture, alone_key, member, method, alone_method)
             row: dict[str, Any] = {"mixture": mixture, "member": member, "alone": alone_key, "method": method,
+                                   "alone_method": alone_method,
                                    "targets": len(targets), "seeds": len(set(m["seed"]) & set(a["seed"]))}
             for metric in metrics:
                 comp = method_comparisons(pair, pair_runs, metric, split, pairs=[("mixture", "alone")],
@@ -163,8 +184,8 @@ def write_mixture(board: pd.DataFrame, results_dir: Path, datasets: dict[str, An
             write_text(results_dir / "mixture.md", mixture_markdown(table))]
 
 
-def write_suite_mixture(board: pd.DataFrame, results_dir: Path) -> list[Path]:
+def write_suite_mixture(board: pd.DataFrame, results_dir: Path, runs: Sequence[RunPredictions] | None = None) -> list[Path]:
     """:func:`write_mixture` with the datasets of the suite that produced ``results_dir``."""
     from facebench.benchmarks.run_folder import suite_notes
 
-    return write_mixture(board, results_dir, suite_notes(results_dir)["datasets"])
+    return write_mixture(board, results_dir, suite_notes(results_dir)["datasets"], runs=runs)

@@ -197,8 +197,8 @@ def write_multitask(board: pd.DataFrame, results_dir: Path, settings: dict[str, 
                        multitask_markdown(table, significance, selection, baseline, metrics, st, published))]
 
 
-def write_suite_multitask(board: pd.DataFrame, results_dir: Path) -> list[Path]:
+def write_suite_multitask(board: pd.DataFrame, results_dir: Path, runs: Sequence[RunPredictions] | None = None) -> list[Path]:
     """:func:`write_multitask` with the ``multitask`` mapping of the suite that produced ``results_dir``."""
     from facebench.benchmarks.run_folder import suite_notes
 
-    return write_multitask(board, results_dir, suite_notes(results_dir).get("multitask"))
+    return write_multitask(board, results_dir, suite_notes(results_dir).get("multitask"), runs=runs)

@@ -307,3 +307,11 @@ def committed_run_records(results_dir: str | Path, split: str = "test", skip: se
         out.append(RunRecord(path, cfg["method_key"], cfg["method"]["name"], cfg["dataset_key"], cfg["dataset"]["datamodule"],
                              int(cfg["seed"]), task, {"probs": probs, "labels": labels, "ids": ids}))
     return out
+
+
+def run_records(results_dir: str | Path, split: str = "test") -> list[RunRecord]:
+    """The :class:`RunRecord` of every run of a results folder on ``split``: its local run folders,
+    then the committed records (``records/``, labels from the dataset) of the runs without one."""
+    local = [r for r in (load_run_record(d, split) for d in finished_run_dirs(results_dir)) if r is not None]
+    have = {r.run_dir.name for r in local}
+    return local + committed_run_records(results_dir, split, skip=have)

@@ -16,11 +16,13 @@ next to ours), the rater-agreement tables and confusion matrices as CSV / Markdo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import pandas as pd
 
-from facebench.benchmarks.records import committed_records
+from facebench.benchmarks.records import RunRecord, committed_records, run_records
 from facebench.benchmarks.run_folder import finished_run_dirs, read_suite_snapshot, suite_notes
+from facebench.benchmarks.stats import RunPredictions, predictions_from_record
 from facebench.core.io import write_csv, write_json
 
 KEYS = ["method", "dataset", "split", "seed", "target", "class"]
@@ -174,27 +176,27 @@ def write_report_figures(results_dir: Path) -> list[Path]:
     return write_figures(results_dir, results_dir / "figures")
 
 
-def write_statistics(board: pd.DataFrame, results_dir: Path, split: str = "test") -> list[Path]:
-    """Seed aggregates (mean, std, 95% CI), paired significance tests between methods on the same
-    test images (McNemar per attribute, paired bootstrap of the mean), the rank table and the
-    efficiency table into ``results_dir/tables`` (see :mod:`facebench.benchmarks.stats`)."""
-    from facebench.benchmarks.records import finished_run_dirs
-    from facebench.benchmarks.stats import efficiency_table, load_run_predictions, paired_comparisons, rank_table, seed_table
+def write_statistics(board: pd.DataFrame, results_dir: Path, runs: Sequence[RunPredictions] | None = None,
+                     split: str = "test") -> list[Path]:
+    """Seed aggregates (mean, std, 95% CI over seeds), the seed-aware comparison of every pair of
+    methods (per attribute, Holm-adjusted, and on the averages; with the test-image term where
+    ``runs`` holds per-image predictions), the rank table and the efficiency table into
+    ``results_dir/tables`` (see :mod:`facebench.benchmarks.stats`)."""
+    from facebench.benchmarks.stats import efficiency_table, method_comparisons, rank_table, seed_table
 
     out = results_dir / "tables"
-    runs = [r for r in (load_run_predictions(d, split) for d in finished_run_dirs(results_dir)) if r is not None]
-    comparisons = paired_comparisons(runs) if len(runs) > 1 else pd.DataFrame()
+    comparisons = method_comparisons(board, runs, "accuracy", split)
     tables = {"seeds": seed_table(board, split=split), "significance": comparisons,
               "ranks": rank_table(board, comparisons, split=split), "efficiency": efficiency_table(board)}
     return [write_csv(out / f"{name}.csv", df, float_format="%.6g") for name, df in tables.items() if not df.empty]
 
 
-def write_subgroup_tables(results_dir: Path) -> list[Path]:
+def write_subgroup_tables(results_dir: Path, records: Sequence[RunRecord]) -> list[Path]:
     """Per-subgroup records and tables for the datasets whose suite entry names ``subgroups``
-    (:mod:`facebench.benchmarks.subgroup_report`)."""
+    (:mod:`facebench.benchmarks.subgroup_report`), from the runs' test predictions ``records``."""
     from facebench.benchmarks.subgroup_report import protected_attributes, write_subgroups
 
-    return write_subgroups(results_dir, protected_attributes(suite_notes(results_dir)["datasets"]))
+    return write_subgroups(results_dir, protected_attributes(suite_notes(results_dir)["datasets"]), records)
 
 
 def print_summary(board: pd.DataFrame, results_dir: Path) -> None:
@@ -227,20 +229,22 @@ def build_reports(results_dir: str | Path, suite_name: str | None = None, comman
     written: list[Path] = []
     if tables:
         written += write_report_tables(long_metrics(local_metrics, board, local), results_dir, suite_name)
-    written += write_statistics(board, results_dir)
-    local_runs = {p.name for p in finished_run_dirs(results_dir)}
-    without = sorted({f"{m}--{d}--s{s}" for m, d, s in board[RUN_KEYS].drop_duplicates().itertuples(index=False)} - local_runs)
-    if without and suite_notes(results_dir)["datasets"] and any(
-            (v or {}).get("subgroups") for v in suite_notes(results_dir)["datasets"].values()):
-        print(f"[facebench] subgroups.*: kept as committed ({len(without)} run(s) have no local predictions)")
+    # image-level records: local run folders, else committed compact predictions with the dataset's labels
+    records = run_records(results_dir, "test")
+    runs = [r for r in map(predictions_from_record, records) if r is not None]
+    written += write_statistics(board, results_dir, runs)
+    without = sorted({f"{m}--{d}--s{s}" for m, d, s in board[RUN_KEYS].drop_duplicates().itertuples(index=False)}
+                     - {f"{r.method}--{r.dataset}--s{r.seed}" for r in records})
+    if without and any((v or {}).get("subgroups") for v in suite_notes(results_dir)["datasets"].values()):
+        print(f"[facebench] subgroups.*: kept as committed ({len(without)} run(s) have no predictions here)")
     else:
-        written += write_subgroup_tables(results_dir)
+        written += write_subgroup_tables(results_dir, records)
     from facebench.benchmarks.multitask_report import write_suite_multitask   # Δm%, mean rank, tests vs the baseline
 
-    written += write_suite_multitask(board, results_dir)
+    written += write_suite_multitask(board, results_dir, runs)
     from facebench.benchmarks.mixture_report import write_suite_mixture      # a mixture against each dataset alone
 
-    written += write_suite_mixture(board, results_dir)
+    written += write_suite_mixture(board, results_dir, runs)
     if figures:
         written += write_report_figures(results_dir)
     if written:

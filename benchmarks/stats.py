@@ -222,16 +222,11 @@ def load_run_predictions(run_dir: Path, split: str = "test") -> RunPredictions |
 def results_predictions(results_dir: Path, split: str = "test") -> list[RunPredictions]:
     """Per-image predictions of every run of a results folder: its local run folders, then the
     committed compact predictions (``records/``, labels read from the dataset) of the runs that have
-    no local folder. Empty when neither is there (the image term is then absent)."""
-    from facebench.benchmarks.records import committed_run_records
-    from facebench.benchmarks.run_folder import finished_run_dirs
+    no local folder (:func:`facebench.benchmarks.records.run_records`). Empty when neither is there
+    (the image term is then absent)."""
+    from facebench.benchmarks.records import run_records
 
-    local = [load_run_predictions(d, split) for d in finished_run_dirs(results_dir)]
-    out = [r for r in local if r is not None]
-    have = {d.name for d in finished_run_dirs(results_dir)}
-    out += [r for r in (predictions_from_record(rec) for rec in committed_run_records(results_dir, split, skip=have))
-            if r is not None]
-    return out
+    return [r for r in map(predictions_from_record, run_records(results_dir, split)) if r is not None]
 
 
 def influence(run: RunPredictions, metric: str) -> np.ndarray | None:

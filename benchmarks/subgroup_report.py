@@ -17,22 +17,21 @@ run's test predictions (hard decisions at 0.5, as the headline accuracy), the me
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
 
-from facebench.benchmarks.records import finished_run_dirs, load_run_record
+from facebench.benchmarks.records import RunRecord, run_records
 from facebench.core.io import write_csv, write_text
 from facebench.lightning_modules.metrics.subgroups import AGGREGATES, subgroup_rows
 
 SUBGROUP_COLUMNS = ["method", "dataset", "seed", "protected_attribute", "target", "class", "group", "metric", "value"]
 
 
-def run_subgroups(run_dir: Path, protected_by_dataset: dict[str, list[str]]) -> pd.DataFrame:
-    """The subgroup rows of one finished run (test split) for its dataset's protected attributes;
-    empty when it has no predictions or none of them is a target of its task."""
-    record = load_run_record(run_dir, "test")
+def run_subgroups(record: RunRecord | None, protected_by_dataset: dict[str, list[str]]) -> pd.DataFrame:
+    """The subgroup rows of one finished run's test predictions (:class:`RunRecord`) for its dataset's
+    protected attributes; empty when it has no predictions or none of them is a target of its task."""
     protected = protected_by_dataset.get(record.dataset) if record is not None else None
     if not protected or "probs" not in record.predictions:
         return pd.DataFrame(columns=SUBGROUP_COLUMNS)
@@ -45,15 +44,18 @@ def run_subgroups(run_dir: Path, protected_by_dataset: dict[str, list[str]]) -> 
     return df[SUBGROUP_COLUMNS]
 
 
-def write_subgroups(results_dir: Path, protected_by_dataset: dict[str, list[str]]) -> list[Path]:
-    """Compute and write the subgroup records and tables of ``results_dir`` (see the module docstring)."""
+def write_subgroups(results_dir: Path, protected_by_dataset: dict[str, list[str]],
+                    records: Sequence[RunRecord] | None = None) -> list[Path]:
+    """Compute and write the subgroup records and tables of ``results_dir`` (see the module
+    docstring) from the test predictions of its runs (``records``; default: :func:`run_records`)."""
     if not protected_by_dataset:
         return []
     frames = []
-    for run_dir in finished_run_dirs(results_dir):
-        df = run_subgroups(run_dir, protected_by_dataset)
+    for record in run_records(results_dir, "test") if records is None else records:
+        df = run_subgroups(record, protected_by_dataset)
         if not df.empty:
-            write_csv(run_dir / "subgroups.csv", df, float_format="%.6g")
+            if record.run_dir.is_dir():                  # a local run folder (a committed record is a file)
+                write_csv(record.run_dir / "subgroups.csv", df, float_format="%.6g")
             frames.append(df)
     if not frames:
         return []

@@ -72,3 +72,16 @@ def test_written_files(tmp_path):
     assert "| `net` | celeba (alone: `celeba_alone`) | 2 | 86.00 / 80.00 / +6.00 ±" in md
     assert "Δm% is a drop (FAMO's sign)" in md
     assert write_mixture(BOARD, tmp_path / "none", {"other": DATASETS["other"]}) == []
+
+
+def test_a_mixture_only_method_is_set_against_the_alone_runs_of_its_network():
+    """``net_balanced`` (the same registered network, another loss weighting) has no member-alone
+    runs: it is compared with those of ``net``, the one method of its registered name."""
+    balanced = BOARD[BOARD["dataset"] == "faces"].assign(method="net_balanced")
+    board = pd.concat([BOARD, balanced]).assign(method_name=lambda b: b["method"].map(
+        {"net": "netcls", "net_balanced": "netcls", "alone_only": "other"}))
+    t = mixture_table(board, mixture_pairs(DATASETS), metrics=("accuracy",))
+    row = t[(t["method"] == "net_balanced") & (t["member"] == "celeba")].iloc[0]
+    assert row["alone_method"] == "net" and row["accuracy_alone"] == pytest.approx(0.80)
+    assert row["accuracy_difference"] == pytest.approx(0.06)
+    assert set(t.loc[t["method"] == "net", "alone_method"]) == {"net"}

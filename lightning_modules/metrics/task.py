@@ -213,6 +213,7 @@ class TaskMetrics(nn.Module):
                 vals[f"threshold{suffix}"] = self.thresholds(i).double().cpu()
             else:
                 vals["positive_rate"] = nan_divide(tp + fn, n)
+                vals["positives"], vals["negatives"] = tp + fn, tn + fp     # what each score rests on
                 if self.with_auroc:
                     nan = torch.full_like(tp, float("nan"))
                     has_both = (tp + fn > 0) & (tn + fp > 0)
