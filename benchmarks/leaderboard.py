@@ -55,6 +55,10 @@ from facebench.benchmarks.tables import load_reported
 from facebench.core.io import read_json, write_csv, write_text
 
 HEADLINE = ("accuracy", "balanced_accuracy", "auroc")
+#: What a row's training cost, mean over its seeds (records: benchmarks.callbacks.RunLoggingCallback).
+COST = ("train_cpu_s", "train_images", "train_forward_flops")
+#: The family of a method whose suite entry names no ``budget``.
+NO_BUDGET = "unstated"
 SETTINGS = ("method_name", "datamodule", "input_size", "input_channels", "epochs", "train_samples", "params",
             "flops_per_image", "n_targets")
 #: What ``facebench inspect`` counted on the data a leaderboard was computed on (records' columns).
@@ -165,6 +169,7 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame, runs: list[RunPrediction
     board = pd.read_csv(suite_dir / "leaderboard.csv", keep_default_na=False, na_values=["nan", "NaN", ""])
     info = read_json(suite_dir / "leaderboard_info.json", {}) or {}
     suite = info.get("suite") or suite_dir.name
+    mixed = info.get("mixed_code_versions") or {}
     notes = suite_notes(suite_dir)
     rows = []
     subgroup_means = subgroup_columns(suite_dir)
@@ -211,9 +216,16 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame, runs: list[RunPrediction
         for key in SETTINGS:
             if key in grp:
                 row[key] = first[key] if key not in ("epochs", "train_samples") else grp.groupby("seed")[key].first().max()
+        for key in COST:
+            if key in grp and grp[key].notna().any():
+                row[key] = float(grp.groupby("seed")[key].first().mean())
+        row.update(deduplicated_accuracy(board, dataset, method))
         method_cfg = notes["methods"].get(method, {}) or {}
         dataset_cfg = notes["datasets"].get(dataset, {}) or {}
-        row["note"] = "; ".join(x for x in (method_cfg.get("description"), dataset_cfg.get("description")) if x)
+        row["budget"] = str(method_cfg.get("budget") or NO_BUDGET)
+        versions = mixed.get(f"{method} on {dataset}")
+        row["note"] = "; ".join(x for x in (method_cfg.get("description"), dataset_cfg.get("description"),
+                                            f"its seeds ran on {len(versions)} code versions" if versions else "") if x)
         for key in DATA_CHECKS:
             if key in grp and grp[key].notna().any():
                 row[key] = grp[key].max()
@@ -234,6 +246,20 @@ def suite_rows(suite_dir: Path, reported: pd.DataFrame, runs: list[RunPrediction
         rows.append(row)
     flag_small_gains(rows)
     return rows
+
+
+def deduplicated_accuracy(board: pd.DataFrame, dataset: str, method: str) -> dict[str, float]:
+    """Where a run was also scored without the test items that duplicate a training image (split
+    ``test_dedup``, :func:`facebench.benchmarks.records.deduplicated_splits`): the mean accuracy over
+    targets there (mean over seeds) and how many test items that drops."""
+    rows = board[(board["dataset"] == dataset) & (board["method"] == method)]
+    rows = rows[rows["class"].fillna("").astype(str) == ""]
+    dedup, test = rows[rows["split"] == "test_dedup"], rows[rows["split"] == "test"]
+    if dedup.empty or "accuracy" not in dedup or dedup["accuracy"].isna().all():
+        return {}
+    dropped = test.groupby("seed")["n_samples"].first() - dedup.groupby("seed")["n_samples"].first()
+    return {"accuracy_dedup": float(dedup.groupby("seed")["accuracy"].mean().mean()),
+            "dedup_dropped": int(dropped.dropna().max())}
 
 
 #: A trained method's mean balanced accuracy should beat its dataset's majority baseline by this much.
@@ -271,11 +297,13 @@ def build_cross_suite(results_root: str | Path | None = None, reported_path: str
     df = pd.DataFrame(rows)
     subsets = [c for key in SUBSETS for c in (*[x for m in SUBSET_METRICS for x in (f"{m}_{key}", f"{m}_{key}_ci95")],
                                                f"{key}_targets")]
-    order = ["suite", "dataset", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", "interval", *subsets,
-             *MULTITASK_COLUMNS, "human_ceiling", "gap_to_human", *SETTINGS, "paper_accuracy", "paper", "note"]
+    order = ["suite", "dataset", "budget", "method", *[c for m in HEADLINE for c in (m, f"{m}_ci95")], "seeds", "interval",
+             *subsets, "accuracy_dedup", "dedup_dropped", *MULTITASK_COLUMNS, "human_ceiling", "gap_to_human", *SETTINGS,
+             *COST, "paper_accuracy", "paper", "note"]
     extra = sorted(c for c in df.columns if c not in order)     # subgroup aggregates and data checks
     df = df[[c for c in order if c in df.columns] + extra]
-    return df.sort_values(["suite", "dataset", "accuracy", "method"], ascending=[True, True, False, True]).reset_index(drop=True)
+    return df.sort_values(["suite", "dataset", "budget", "accuracy", "method"],
+                          ascending=[True, True, True, False, True]).reset_index(drop=True)
 
 
 def to_markdown(df: pd.DataFrame) -> str:
@@ -295,47 +323,69 @@ def to_markdown(df: pd.DataFrame) -> str:
              "Paper: the published value of the same method on the full dataset (mean over the same targets), where the",
              "suite links one; the scale note says how much less data the CPU suites train on. Synthetic-data suites",
              "test the code; they are not evidence about a paper.", ""]
-    for (suite, dataset), grp in df.groupby(["suite", "dataset"], sort=True):
+    for (suite, dataset), section in df.groupby(["suite", "dataset"], sort=True):
         lines += [f"## {dataset} (suite `{suite}`, `results/{suite}/leaderboard.csv`)", ""]
-        human = "human_ceiling" in grp and grp["human_ceiling"].notna().any()
-        fairness = [c for c in grp.columns if c.split("[")[0] in SUBGROUP_AGGREGATES and grp[c].notna().any()]
-        multitask = "delta_m_drop_pct" in grp and grp["delta_m_drop_pct"].notna().any()
-        subsets = [k for k in SUBSETS if f"accuracy_{k}" in grp and grp[f"accuracy_{k}"].notna().any()]
-        sizes = {k: sorted({int(n) for n in grp[f"{k}_targets"].dropna()}) for k in subsets}
-        head = ["method", "accuracy"] + [f"acc. ({k.replace('_', '-')}" + (f" {sizes[k][0]})" if len(sizes[k]) == 1 else ")")
-                                         for k in subsets] + ["balanced acc.", "AUROC", "seeds"] + \
-               (["human ceiling", "gap"] if human else []) + \
-               (["Δm% drop vs single-task", "p (Δm%)", "mean rank"] if multitask else []) + \
-               [f"{'worst-group acc.' if c.startswith('worst') else 'EO diff.'} {c[c.index('['):]}" for c in fairness] + \
-               ["input", "epochs", "train images", "params (M)", "GFLOPs", "paper", "note"]
-        lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + "|"]
-        for _, r in grp.iterrows():
-            cells = [f"`{r['method']}`", _fmt(r.get("accuracy"), _low(r, "accuracy"), _high(r, "accuracy"))]
-            for k in subsets:
-                text = _fmt(r.get(f"accuracy_{k}"), _low(r, f"accuracy_{k}"), _high(r, f"accuracy_{k}"))
-                cells.append(text + (f" ({int(r[f'{k}_targets'])})" if text and len(sizes[k]) > 1 else ""))
-            cells += [_fmt(r.get("balanced_accuracy"), _low(r, "balanced_accuracy"), _high(r, "balanced_accuracy")),
-                     _fmt(r.get("auroc"), _low(r, "auroc"), _high(r, "auroc")), str(int(r.get("seeds", 0)))]
-            if human:
-                cells += [_pct(r.get("human_ceiling")), _pct(r.get("gap_to_human"), signed=True)]
-            if multitask:
-                dm, half, p = r.get("delta_m_drop_pct"), r.get("delta_m_ci95"), r.get("delta_m_p_value")
-                baseline = _num(dm) and dm == 0 and (not _num(half) or half == 0)
-                cells += [("0 (baseline)" if baseline else f"{dm:+.2f}" + (f" ± {half:.2f}" if _num(half) else "")) if _num(dm) else "",
-                          "" if baseline or not _num(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
-                          f"{r['mean_rank']:.2f}" if _num(r.get("mean_rank")) else ""]
-            cells += [_pct(r.get(c)) for c in fairness]
-            size = r.get("input_size")
-            cells += [f"{int(r['input_channels'])}x{int(size)}x{int(size)}" if _num(size) else "",
-                      str(int(r["epochs"])) if _num(r.get("epochs")) else "",
-                      f"{int(r['train_samples']):,}" if _num(r.get("train_samples")) else "",
-                      f"{r['params'] / 1e6:.2f}" if _num(r.get("params")) else "",
-                      f"{r['flops_per_image'] / 1e9:.3f}" if _num(r.get("flops_per_image")) and r["flops_per_image"] >= 0 else "",
-                      (f"{100 * r['paper_accuracy']:.2f}: {r['paper']}" if _num(r.get("paper_accuracy")) else ""),
-                      str(r.get("note") or "")]
-            lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
-        lines.append("")
+        for family, grp in section.groupby(section["budget"] if "budget" in section else pd.Series(NO_BUDGET, index=section.index),
+                                           sort=True):
+            lines += [f"Budget family `{family}` (rows compare within it; the suite file says what it is):" if family != NO_BUDGET
+                      else "Budget family: not stated by the suite.", ""]
+            lines += _family_table(grp)
     return "\n".join(lines)
+
+
+def _family_table(grp: pd.DataFrame) -> list[str]:
+    """The Markdown table of one budget family of one dataset, best mean accuracy first."""
+    lines: list[str] = []
+    human = "human_ceiling" in grp and grp["human_ceiling"].notna().any()
+    fairness = [c for c in grp.columns if c.split("[")[0] in SUBGROUP_AGGREGATES and grp[c].notna().any()]
+    multitask = "delta_m_drop_pct" in grp and grp["delta_m_drop_pct"].notna().any()
+    subsets = [k for k in SUBSETS if f"accuracy_{k}" in grp and grp[f"accuracy_{k}"].notna().any()]
+    sizes = {k: sorted({int(n) for n in grp[f"{k}_targets"].dropna()}) for k in subsets}
+    dedup = "accuracy_dedup" in grp and grp["accuracy_dedup"].notna().any()
+    cost = "train_cpu_s" in grp and grp["train_cpu_s"].notna().any()
+    head = ["method", "accuracy"] + [f"acc. ({k.replace('_', '-')}" + (f" {sizes[k][0]})" if len(sizes[k]) == 1 else ")")
+                                     for k in subsets] + \
+           (["acc. without test images duplicating a training image (dropped)"] if dedup else []) + \
+           ["balanced acc.", "AUROC", "seeds"] + \
+           (["human ceiling", "gap"] if human else []) + \
+           (["Δm% drop vs single-task", "p (Δm%)", "mean rank"] if multitask else []) + \
+           [f"{'worst-group acc.' if c.startswith('worst') else 'EO diff.'} {c[c.index('['):]}" for c in fairness] + \
+           ["input", "epochs", "train images", "params (M)", "GFLOPs"] + \
+           (["train CPU-h", "train PFLOPs (forward)"] if cost else []) + ["paper", "note"]
+    lines += ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] + ["---:"] * (len(head) - 3) + ["---", "---"]) + "|"]
+    for _, r in grp.iterrows():
+        cells = [f"`{r['method']}`", _fmt(r.get("accuracy"), _low(r, "accuracy"), _high(r, "accuracy"))]
+        for k in subsets:
+            text = _fmt(r.get(f"accuracy_{k}"), _low(r, f"accuracy_{k}"), _high(r, f"accuracy_{k}"))
+            cells.append(text + (f" ({int(r[f'{k}_targets'])})" if text and len(sizes[k]) > 1 else ""))
+        if dedup:
+            cells.append(f"{_pct(r.get('accuracy_dedup'))} ({int(r['dedup_dropped'])})" if _num(r.get("accuracy_dedup")) else "")
+        cells += [_fmt(r.get("balanced_accuracy"), _low(r, "balanced_accuracy"), _high(r, "balanced_accuracy")),
+                 _fmt(r.get("auroc"), _low(r, "auroc"), _high(r, "auroc")), str(int(r.get("seeds", 0)))]
+        if human:
+            cells += [_pct(r.get("human_ceiling")), _pct(r.get("gap_to_human"), signed=True)]
+        if multitask:
+            dm, half, p = r.get("delta_m_drop_pct"), r.get("delta_m_ci95"), r.get("delta_m_p_value")
+            baseline = _num(dm) and dm == 0 and (not _num(half) or half == 0)
+            cells += [("0 (baseline)" if baseline else f"{dm:+.2f}" + (f" ± {half:.2f}" if _num(half) else "")) if _num(dm) else "",
+                      "" if baseline or not _num(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}"),
+                      f"{r['mean_rank']:.2f}" if _num(r.get("mean_rank")) else ""]
+        cells += [_pct(r.get(c)) for c in fairness]
+        size = r.get("input_size")
+        cells += [f"{int(r['input_channels'])}x{int(size)}x{int(size)}" if _num(size) else "",
+                  str(int(r["epochs"])) if _num(r.get("epochs")) else "",
+                  f"{int(r['train_samples']):,}" if _num(r.get("train_samples")) else "",
+                  f"{r['params'] / 1e6:.2f}" if _num(r.get("params")) else "",
+                  f"{r['flops_per_image'] / 1e9:.3f}" if _num(r.get("flops_per_image")) and r["flops_per_image"] >= 0 else ""]
+        if cost:
+            cells += [f"{r['train_cpu_s'] / 3600:.2f}" if _num(r.get("train_cpu_s")) else "",
+                      f"{r['train_forward_flops'] / 1e15:.3f}" if _num(r.get("train_forward_flops")) else ""]
+        cells += [(f"{100 * r['paper_accuracy']:.2f}: {r['paper']}" if _num(r.get("paper_accuracy")) else ""),
+                  str(r.get("note") or "")]
+        lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
+    lines.append("")
+    return lines
+
 
 
 def _num(v: Any) -> bool:

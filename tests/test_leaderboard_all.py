@@ -66,7 +66,9 @@ def test_seed_interval_settings_and_paper_value(tmp_path):
     mcnn = reported[(reported["method"] == "MCNN") & (reported["dataset"] == "celeba") & (reported["metric"] == "accuracy")]
     assert df.at["mcnn", "paper_accuracy"] == pytest.approx(mcnn["value"].mean())     # Table 2's 40 values
     assert "4,560 training images vs the paper's 162,770" in df.at["mcnn", "paper"]
-    assert df.index[0] == "mcnn"                                                       # best accuracy first
+    # ranked within the budget family the suite names (celeba.yaml: majority closed_form, mcnn rgb64_12ep)
+    assert df.at["mcnn", "budget"] == "rgb64_12ep" and df.at["majority", "budget"] == "closed_form"
+    assert list(df.index) == ["majority", "mcnn"]
 
 
 def test_powered_and_label_consistent_averages(tmp_path):
@@ -130,3 +132,24 @@ def test_human_gap_scores_the_model_like_the_raters(tmp_path):
     row = build_cross_suite(tmp_path).iloc[0]
     assert row["accuracy"] == pytest.approx(0.81)
     assert row["gap_to_human"] == pytest.approx(0.06)
+
+
+def test_rows_carry_compute_deduplicated_accuracy_and_mixed_code_versions(tmp_path):
+    """The cross-suite row of a method: its training cost (mean over seeds), its accuracy without the
+    test images that duplicate a training image (split test_dedup) with how many that drops, and a
+    note when its seeds ran on different code; LEADERBOARD.md names the budget family."""
+    rows = []
+    for seed in (0, 1):
+        for split, n, acc in (("test", 100, 0.80 + 0.02 * seed), ("test_dedup", 90, 0.78 + 0.02 * seed)):
+            rows.append({"method": "net", "dataset": "ferplus", "split": split, "seed": seed, "attribute": "emotion",
+                         "class": "", "accuracy": acc, "balanced_accuracy": acc, "n_samples": n, "method_name": "timm",
+                         "train_cpu_s": 3600.0 * (1 + seed), "train_images": 1000, "train_forward_flops": 2e12})
+    write_suite(tmp_path, "mine", rows)
+    (tmp_path / "mine" / "leaderboard_info.json").write_text(json.dumps(
+        {"suite": "mine", "mixed_code_versions": {"net on ferplus": ["aaa", "bbb"]}}))
+    df = build_cross_suite(tmp_path).set_index("method")
+    assert df.at["net", "accuracy"] == pytest.approx(0.81) and df.at["net", "accuracy_dedup"] == pytest.approx(0.79)
+    assert df.at["net", "dedup_dropped"] == 10 and df.at["net", "train_cpu_s"] == pytest.approx(5400.0)
+    assert "its seeds ran on 2 code versions" in df.at["net", "note"] and df.at["net", "budget"] == "unstated"
+    md = to_markdown(build_cross_suite(tmp_path))
+    assert "79.00 (10)" in md and "| 1.50 | 0.002 |" in md and "Budget family: not stated by the suite." in md
