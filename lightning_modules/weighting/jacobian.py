@@ -7,10 +7,14 @@ reduced over DDP ranks and handed back to the optimiser.
   inputs, grad_outputs=I_K, is_grads_batched=True)`` (vmap over the backward graph, which the
   forward pass built once); ``loop``: one ``torch.autograd.grad`` per task on the same graph. Both give
   the same rows to float tolerance (tests/test_mtl_gradients.py). ``auto`` picks ``batched`` on
-  accelerators and ``loop`` on the CPU: there vmap's backward runs the convolution and batch-norm
-  backward kernels once per task all the same (their batching rules fall back to a per-task loop)
-  and then stacks the results, and measured 1.7-2.2x the loop's time for ``mtl_cnn`` at 40 tasks
-  (benchmarks/perf/RESULTS.md, "Multi-task weightings: per-task gradients").
+  accelerators, and on the CPU ``loop`` for the shared parameters and ``batched`` for the shared
+  representation: through the trunk, vmap's backward runs the convolution and batch-norm backward
+  kernels once per task all the same (their batching rules fall back to a per-task loop) and then
+  stacks the results, 1.6x the loop's time for ``mtl_cnn`` at 40 tasks; through the small heads the
+  one vmapped pass is the faster (benchmarks/perf/RESULTS.md, "Multi-task weightings: per-task
+  gradients"). Either way the per-task gradients on the parameters cost ``K`` backward passes of the
+  trunk's arithmetic: vectorising saves launches and Python, which matter on accelerators, not
+  arithmetic, which is what a CPU spends.
 * :class:`ParameterGradients` (``mtl: {gradients: parameters}``, the default and the papers'
   definition): rows are the gradients on the flattened shared parameters (``P`` columns), averaged
   over the ranks (:func:`~facebench.lightning_modules.weighting.base.ddp_mean`).
@@ -45,12 +49,12 @@ from facebench.lightning_modules.weighting.base import ddp_mean
 JACOBIAN_MODES = ("auto", "batched", "loop")
 
 
-def resolve_mode(mode: str, device: torch.device) -> str:
-    """``batched`` or ``loop`` for ``mode`` (``auto``: batched on accelerators, loop on the CPU)."""
+def resolve_mode(mode: str, device: torch.device, cpu_choice: str = "loop") -> str:
+    """``batched`` or ``loop`` for ``mode``; ``auto``: batched on accelerators, ``cpu_choice`` on the CPU."""
     if mode not in JACOBIAN_MODES:
         raise ValueError(f"mtl.jacobian must be one of {', '.join(JACOBIAN_MODES)}, got {mode!r}")
     if mode == "auto":
-        return "loop" if device.type == "cpu" else "batched"
+        return cpu_choice if device.type == "cpu" else "batched"
     return mode
 
 
@@ -62,12 +66,14 @@ def _flat(grads: Sequence[torch.Tensor | None], inputs: Sequence[torch.Tensor], 
     return torch.cat(parts, dim=-1)
 
 
-def task_jacobian(losses: torch.Tensor, inputs: Sequence[torch.Tensor], mode: str = "auto") -> torch.Tensor:
+def task_jacobian(losses: torch.Tensor, inputs: Sequence[torch.Tensor], mode: str = "auto",
+                  cpu_choice: str = "loop") -> torch.Tensor:
     """``[K, N]``: row ``k`` is ``d losses[k] / d inputs``, the inputs flattened and concatenated
-    (``N`` their total size). The graph is kept (the step's backward pass follows)."""
+    (``N`` their total size). The graph is kept (the step's backward pass follows). ``cpu_choice``:
+    what ``auto`` means on the CPU (:func:`resolve_mode`)."""
     inputs = list(inputs)
     k = losses.shape[0]
-    if resolve_mode(mode, losses.device) == "loop":
+    if resolve_mode(mode, losses.device, cpu_choice) == "loop":
         rows = [_flat(torch.autograd.grad(losses[i], inputs, retain_graph=True, allow_unused=True), inputs, None)
                 for i in range(k)]
         return torch.stack(rows)
@@ -88,6 +94,8 @@ class ParameterGradients:
     """Rows on the shared parameters (``gradients: parameters``)."""
 
     name = "parameters"
+    #: ``jacobian: auto`` on the CPU: the trunk's backward kernels gain nothing from vmap there.
+    cpu_choice = "loop"
 
     def __init__(self, params: Sequence[nn.Parameter]):
         self.params = [p for p in params if p.requires_grad]
@@ -113,6 +121,9 @@ class RepresentationGradients:
     """Rows on the shared representation ``h`` (``gradients: representation``; module docstring)."""
 
     name = "representation"
+    #: ``jacobian: auto`` on the CPU: through the small heads, one vmapped pass beats K passes (whose
+    #: cost is Python and graph traversal, K^2 per-target nodes), 1.22x vs 1.6x equal's step at 40 tasks.
+    cpu_choice = "batched"
 
     def __init__(self, representation: torch.Tensor):
         self.h = representation

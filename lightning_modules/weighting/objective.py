@@ -16,7 +16,8 @@ representation, jacobian: auto | batched | loop, **weighting_kwargs}``:
   logits), MGDA-UB's approximation (Sener & Koltun 2018, sec. 3.3), far cheaper:
   :mod:`facebench.lightning_modules.weighting.jacobian`.
 * ``jacobian``: how the per-task gradients are taken, ``batched`` (one vectorised backward pass),
-  ``loop`` (one per task) or ``auto`` (default: batched on accelerators, loop on the CPU).
+  ``loop`` (one per task) or ``auto`` (default: batched on accelerators; on the CPU loop for the
+  parameters, batched for the representation, the faster of the two there).
 
 Gradient weightings and automatic optimisation. The per-task gradients (the rows ``G [K, N]``) are
 taken in the training step on the graph of the step's forward pass, reduced over DDP ranks (DDP's
@@ -177,7 +178,7 @@ class MultiTaskObjective(nn.Module):
             space = RepresentationGradients(ctx.representation)
         else:
             space = ParameterGradients(ctx.shared())
-        g_all = space.reduce(task_jacobian(losses, space.inputs, self.jacobian))
+        g_all = space.reduce(task_jacobian(losses, space.inputs, self.jacobian, space.cpu_choice))
         shared, weights = self.weighting.combine_tasks(g_all, ddp_mean(losses.detach()))
         weights = weights.detach().to(g_all.dtype)
         correction = shared.detach().to(g_all.dtype) - weights @ g_all
