@@ -152,3 +152,16 @@ def test_step_context_without_representation_is_an_error() -> None:
     losses = model.target_losses(model.logits(batch()), batch())
     with pytest.raises(ValueError, match="shared representation"):
         model.multitask(losses, StepContext(shared=model.shared_parameters))
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_the_cost_script_quick_mode_prints_every_variant(capsys) -> None:
+    from facebench.benchmarks.perf.mtl_gradients import VARIANTS, main
+
+    assert main(["--part", "step", "--quick"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split()[0]: line.split()[1:] for line in out.splitlines() if line.strip() and line.split()[0] in VARIANTS}
+    assert set(rows) == set(VARIANTS)
+    assert float(rows["equal"][0]) == 1.0 and all(float(r[0]) > 0 for r in rows.values())
+    assert float(rows["loop"][0]) > float(rows["representation"][0])     # K trunk passes vs one
