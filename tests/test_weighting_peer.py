@@ -128,3 +128,24 @@ def test_peer_options_are_checked() -> None:
     with pytest.raises(ValueError, match="unknown option.*'c'"):
         create_weighting("upgrad", 3, c=0.4)
     assert create_weighting("gradvac", 3, beta=0.1).aggregator.beta == 0.1
+
+
+@pytest.mark.parametrize("name", [n for n in weighting_names()])
+def test_every_weighting_loads_its_checkpointed_state_into_a_fresh_one(name: str) -> None:
+    """A resumed run loads the weighting's state strictly (torchjd creates its state tensors lazily)."""
+    from facebench.lightning_modules.weighting import StepContext, WEIGHTINGS
+
+    g = torch.as_tensor(np.random.default_rng(1).normal(size=(3, 12)))
+    layer = torch.nn.Parameter(torch.ones(2, 2, dtype=torch.float64))
+    used = create_weighting(name, 3)
+    for _ in range(2):
+        if WEIGHTINGS.get(name).gradient_based:
+            used.combine_tasks(g, torch.ones(3, dtype=g.dtype))
+        else:
+            losses = torch.stack([(layer * (i + 1)).sum() ** 2 for i in range(3)]) / 10
+            used(losses, StepContext(shared=lambda: [layer]))
+    state = used.state_dict()
+    fresh = create_weighting(name, 3)
+    fresh.load_state_dict(state, strict=True)
+    for key, value in state.items():
+        assert torch.equal(fresh.state_dict()[key], value), (name, key)

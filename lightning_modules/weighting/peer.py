@@ -21,7 +21,10 @@ per-task gradients on the shared parameters or representation
 out the step, and the combination reaches the optimiser through Lightning's ordinary backward pass
 (:mod:`facebench.lightning_modules.weighting.objective`). Stateful aggregators (GradVac's cosine
 targets, ExcessMTL's risk estimates, CR-MOGM's and Nash-MTL's previous weights) see every task's row,
-an absent task's as zeros, so that their per-task state stays aligned with the tasks.
+an absent task's as zeros, so that their per-task state stays aligned with the tasks. Their tensor
+state is saved in checkpoints and loaded on resume; state torchjd keeps outside tensors (Nash-MTL's
+solver warm start, GradVac's record of the matrix shape, which makes it restart its cosine targets)
+starts afresh after a resume.
 """
 
 from __future__ import annotations
@@ -98,6 +101,16 @@ class PeerAggregator(GradientWeighting):
             absent = ~(grads != 0).any(dim=1)
             return shared, weights.masked_fill(absent, 0.0)
         return super().combine_tasks(grads, losses)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):   # noqa: ANN001 (torch's signature)
+        """torchjd registers its aggregators' state buffers as ``None`` until their first step; give
+        them the saved tensors' shapes first, so that a checkpoint (a resumed run) loads them."""
+        for name, module in self.aggregator.named_modules():
+            sub = f"{prefix}aggregator.{name + '.' if name else ''}"
+            for key, buffer in module._buffers.items():
+                if buffer is None and sub + key in state_dict:
+                    module._buffers[key] = torch.empty_like(state_dict[sub + key])
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def extra_repr(self) -> str:
         return f"n_tasks={self.n_tasks}, aggregator={self.spec.aggregator}, options={self.options}"
