@@ -70,9 +70,10 @@ class FaceAttributeTask(L.LightningModule):
             its keyword arguments, e.g. ``{mode: max-autotune}``); off by default (each run then
             spends a minute compiling, which pays off on GPU runs of more than a few epochs).
         mtl: multi-task weighting of the training loss, ``{weighting: NAME, tasks: targets | groups |
-            {task: [target, ...]}, **options}`` (:mod:`facebench.lightning_modules.weighting.objective`); ``None``
-            (default): the mean of the target losses, nothing else is built or logged. Validation
-            always reports the unweighted ``val/loss``.
+            {task: [target, ...]}, gradients: parameters | representation, jacobian: auto | batched |
+            loop, **options}`` (:mod:`facebench.lightning_modules.weighting.objective`; ``facebench list
+            weightings``); ``None`` (default): the mean of the target losses, nothing else is built or
+            logged. Validation always reports the unweighted ``val/loss``.
     """
 
     method_name: ClassVar[str] = ""

@@ -350,11 +350,12 @@ def test_timm_trunk_is_the_shared_part() -> None:
     assert torch.isfinite(loss) and all(bool(torch.isfinite(p.grad).all()) for p in model.parameters() if p.grad is not None)
 
 
-def test_lightning_fit_with_famo_and_pcgrad_logs_the_weights() -> None:
+def test_lightning_fit_with_famo_pcgrad_and_upgrad_logs_the_weights() -> None:
     import lightning as L
 
-    for name in ("famo", "pcgrad"):
-        model = mcnn({"weighting": name, "tasks": "groups"})
+    for name, gradients in (("famo", "parameters"), ("pcgrad", "parameters"), ("pcgrad", "representation"),
+                            ("upgrad", "representation")):
+        model = mcnn({"weighting": name, "tasks": "groups", **({"gradients": gradients} if name != "famo" else {})})
         loader = torch.utils.data.DataLoader([make_batch(n=4, seed=s) for s in range(3)], batch_size=None)
         trainer = L.Trainer(max_epochs=1, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
                             enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0)
