@@ -8,6 +8,7 @@ for two torchjd aggregators."""
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -245,6 +246,54 @@ def test_gradnorm_lowers_the_weight_of_the_task_with_the_larger_gradient() -> No
         loss.backward()
         opt.step()
     assert float(w.task_weights.detach()[0]) < 1.0 < float(w.task_weights.detach()[1])
+
+
+def test_gls_is_the_geometric_mean_and_weighs_inversely_to_the_loss() -> None:
+    losses = torch.tensor([0.5, 2.0, 8.0], requires_grad=True)
+    loss, weights = create_weighting("gls", 3)(losses)
+    assert float(loss) == pytest.approx(2.0)                                   # (0.5 * 2 * 8)^(1/3)
+    (grad,) = torch.autograd.grad(loss, losses)
+    assert torch.allclose(grad, weights) and torch.allclose(weights, 2.0 / (3 * losses.detach()))
+    tiny = create_weighting("gls", 40)(torch.full((40,), 1e-3))[0]              # no float32 underflow
+    assert float(tiny) == pytest.approx(1e-3, rel=1e-4)
+
+
+def test_stch_warms_up_on_log_losses_then_weighs_the_worst_relative_task() -> None:
+    w = create_weighting("stch", 2, mu=0.1, warmup_epochs=1)
+    for _ in range(3):
+        loss, weights = w(torch.tensor([1.0, 4.0]), StepContext(epoch=0))
+    assert float(loss) == pytest.approx(float(torch.log(torch.tensor([1.0, 4.0])).mean()))
+    assert torch.allclose(weights, torch.tensor([0.5, 0.125]))                  # 1 / (K L_i)
+    # references 1 and 4; task 1 has halved, task 0 has not moved: task 0 is the worse one
+    losses = torch.tensor([1.0, 2.0], requires_grad=True)
+    loss, weights = w(losses, StepContext(epoch=1))
+    (grad,) = torch.autograd.grad(loss, losses)
+    assert torch.allclose(grad, weights, atol=1e-6) and float(weights[0]) > 0.99   # softmax(f / mu) / L
+    assert float(loss) == pytest.approx(0.1 * (math.log(1 + math.exp(-math.log(2) / 0.1)) - math.log(2)), abs=1e-6)
+
+
+def test_db_mtl_scales_every_task_gradient_to_the_largest_norm() -> None:
+    g = torch.tensor([[3.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
+    losses = torch.tensor([0.5, 2.0], dtype=torch.float64)
+    w = create_weighting("db_mtl", 2, beta=0.0)                               # no averaging: this step's gradients
+    shared, weights = w.combine_tasks(g, losses)
+    log_grads = g / losses[:, None]                                            # (6, 0, 0) and (0, 0.5, 0)
+    assert torch.allclose(shared, torch.tensor([6.0, 6.0, 0.0], dtype=torch.float64) / 2, atol=1e-6)
+    assert torch.allclose(weights, 1 / (2 * losses), atol=1e-6) and torch.allclose(w.average, log_grads)
+    averaging = create_weighting("db_mtl", 2, beta=0.5)                       # m <- b m + (1 - b) g / L, m_0 = 0
+    averaging.combine_tasks(g, losses)
+    assert float(averaging.average[0, 0]) == pytest.approx(0.5 * 6.0)
+    averaging.combine_tasks(torch.zeros_like(g).index_fill_(1, torch.tensor([2]), 1.0), losses)
+    assert float(averaging.average[0, 0]) == pytest.approx(0.5 * 0.5 * 6.0)
+
+
+def test_moco_weights_stay_on_the_simplex_and_move_to_the_smaller_tracked_gradient() -> None:
+    g = torch.tensor([[4.0, 0.0], [0.0, 1.0]], dtype=torch.float64)
+    w = create_weighting("moco", 2, gamma=1.0)
+    for _ in range(20):
+        shared, weights = w.combine_tasks(g, torch.tensor([4.0, 1.0], dtype=torch.float64))
+    assert float(weights.sum()) == pytest.approx(1.0) and float(weights[1]) > float(weights[0])
+    assert torch.allclose(shared, weights @ w.average)
 
 
 # ------------------------------------------------------------------------------------------------
