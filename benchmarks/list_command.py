@@ -140,7 +140,9 @@ def render_weightings(rows: list[dict[str, Any]]) -> str:
         if r["description"]:
             lines.append(_para(r["description"]))
         lines.append("")
-    lines.append(_para("Use one in a suite as a method argument: mtl: {weighting: NAME, tasks: targets | groups}.", "", ""))
+    lines.append(_para("Use one in a suite as a method argument: mtl: {weighting: NAME, tasks: targets | groups, "
+                       "gradients: parameters | representation (gradient weightings; representation is MGDA-UB's "
+                       "cheaper approximation)}.", "", ""))
     return "\n".join(lines)
 
 
