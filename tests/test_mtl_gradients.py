@@ -164,3 +164,16 @@ def test_the_cost_script_quick_mode_prints_every_variant(capsys) -> None:
     assert set(rows) == set(VARIANTS)
     assert float(rows["equal"][0]) == 1.0 and all(float(r[0]) > 0 for r in rows.values())
     assert float(rows["loop"][0]) > float(rows["representation"][0])     # K trunk passes vs one
+
+
+def test_the_epoch_cost_probe_limits_a_method_with_its_own_trainer_block() -> None:
+    """fer's resnet18 sets max_epochs: 30 in its own trainer block, which beats the suite's: the
+    probe's overrides must reach it, or a 1-epoch probe trains 30 epochs."""
+    from facebench.benchmarks.overrides import parse_sets
+    from facebench.benchmarks.perf.suite_epoch_cost import probe_overrides
+    from facebench.benchmarks.suite import load_suite
+
+    suite = load_suite("fer", overrides=parse_sets(probe_overrides("resnet18", 4)))
+    trainer = next(r for r in suite.runs if r.method_key == "resnet18").config["trainer"]
+    assert trainer["max_epochs"] == 1 and trainer["limit_train_batches"] == 4
+    assert {r.seed for r in suite.runs} == {0}

@@ -4,7 +4,8 @@ suite's header states).
 ``python -m facebench.benchmarks.perf.suite_epoch_cost SUITE [--only KEY ...] [--batches 2 8] [--steps-per-epoch N]``
 
 For every method key, ``facebench run SUITE --only KEY --force --results <temporary folder> --set
-seeds=[0] trainer.max_epochs=1 trainer.limit_train_batches=B`` runs twice, with the two ``--batches``
+seeds=[0] trainer.max_epochs=1 trainer.limit_train_batches=B`` (and the same under
+``methods.KEY.trainer``, which a method's own trainer block would otherwise override) runs twice, with the two ``--batches``
 values, one thread (``OMP_NUM_THREADS=1``), never into ``results/``. The CPU time (user + system) of
 each run and its children (data-loading workers) gives the cost of one training step, ``(c(B2) -
 c(B1)) / (B2 - B1)``, and the fixed cost of a run (start-up, one validation and test pass, records),
@@ -32,10 +33,17 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
+def probe_overrides(key: str, batches: int) -> list[str]:
+    """The ``--set`` values of a probe: one seed, one epoch of ``batches`` training batches, also
+    under the method's own trainer block (which overrides the suite's)."""
+    return ["seeds=[0]", "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}",
+            f"methods.{key}.trainer.max_epochs=1", f"methods.{key}.trainer.limit_train_batches={batches}"]
+
+
 def probe(suite: str, key: str, batches: int, results: Path) -> float:
     """CPU seconds of one ``facebench run`` of ``key`` limited to ``batches`` training batches."""
     cmd = [sys.executable, "-m", "facebench.benchmarks.cli", "run", suite, "--only", key, "--force", "--results", str(results),
-           "--set", "seeds=[0]", "trainer.max_epochs=1", f"trainer.limit_train_batches={batches}"]
+           "--set", *probe_overrides(key, batches)]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     before = children_cpu()
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
