@@ -326,3 +326,24 @@ def test_single_binary_target_and_ties_at_the_threshold():
     assert value(table, "same", "recall") == 1.0 and value(table, "same", "accuracy") == pytest.approx(2 / 3)
     assert value(table, "same", "auroc") == pytest.approx(skm.roc_auc_score(labels[keep, 0], probs[keep, 0]))
     assert task.predictions(torch.as_tensor(probs))[:, 0].tolist() == [1, 1, 0, 1]
+
+
+def test_a_binary_target_without_any_label_in_the_split_is_nan_not_a_crash():
+    """A partial-label split (a mixture's validation batches) where no image carries one target's
+    label: its AUROC and average precision are NaN, the others' are what sklearn gives."""
+    task = TaskSpec.binary_attributes(["a", "b", "c"])
+    rng = np.random.default_rng(0)
+    probs = torch.as_tensor(rng.random((40, 3)), dtype=torch.float32)
+    labels = torch.as_tensor(rng.integers(0, 2, (40, 3)))
+    labels[:, 1] = -1                                          # no image has b's label
+    labels[:20, 2] = -1                                        # c: half of them
+    m = TaskMetrics(task)
+    m.update(probs[:25], labels[:25])
+    m.update(probs[25:], labels[25:])
+    rows = pd.DataFrame(m.compute()).set_index(["target", "metric"])["value"]
+    assert np.isnan(rows[("b", "auroc")]) and np.isnan(rows[("b", "average_precision")])
+    for j, name in ((0, "a"), (2, "c")):
+        keep = labels[:, j].numpy() >= 0
+        y, p = labels[keep, j].numpy(), probs[keep, j].numpy()
+        assert rows[(name, "auroc")] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-6)
+        assert rows[(name, "average_precision")] == pytest.approx(skm.average_precision_score(y, p), abs=1e-6)

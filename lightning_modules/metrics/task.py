@@ -57,6 +57,8 @@ from torchmetrics import MeanAbsoluteError, Metric
 from torchmetrics.classification import (BinaryCalibrationError, MulticlassAUROC, MulticlassCalibrationError,
                                          MulticlassConfusionMatrix, MultilabelAUROC, MultilabelAveragePrecision,
                                          MultilabelStatScores)
+from torchmetrics.functional.classification import binary_auroc, binary_average_precision
+from torchmetrics.utilities import dim_zero_cat
 
 from facebench.core.tasks import Target, TaskSpec
 from facebench.lightning_modules.metrics.agreement import FleissKappa, RaterAgreement
@@ -74,6 +76,23 @@ def _quiet(fn: Any, *args: Any) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return fn(*args)
+
+
+def _per_label(metric: Any, label_metric: Any, has_both: torch.Tensor) -> torch.Tensor:
+    """A multi-label curve metric (AUROC, average precision) per label, NaN where a label lacks one of
+    the two classes. torchmetrics' multi-label compute fails on a label with no valid sample at all (a
+    partial-label split where no image carries it): then each label with both classes is computed
+    alone, with ``label_metric`` (its binary functional form), from the state synced over ranks."""
+    nan = torch.full((len(has_both),), float("nan"), dtype=torch.float64)
+    if bool(has_both.all()):
+        return _quiet(metric.compute).double().cpu().reshape(-1)
+    if not bool(has_both.any()):
+        return nan
+    with metric.sync_context():
+        preds, target = dim_zero_cat(metric.preds), dim_zero_cat(metric.target)
+    for j in torch.nonzero(has_both).flatten().tolist():
+        nan[j] = float(_quiet(lambda: label_metric(preds[:, j], target[:, j].long(), ignore_index=MISSING)))
+    return nan
 
 
 class TaskMetrics(nn.Module):
@@ -217,8 +236,8 @@ class TaskMetrics(nn.Module):
                 if self.with_auroc:
                     nan = torch.full_like(tp, float("nan"))
                     has_both = (tp + fn > 0) & (tn + fp > 0)
-                    vals["auroc"] = torch.where(has_both, _quiet(self.bin_auroc.compute).double().cpu().reshape(-1), nan)
-                    vals["average_precision"] = torch.where(has_both, _quiet(self.bin_ap.compute).double().cpu().reshape(-1), nan)
+                    vals["auroc"] = torch.where(has_both, _per_label(self.bin_auroc, binary_auroc, has_both), nan)
+                    vals["average_precision"] = torch.where(has_both, _per_label(self.bin_ap, binary_average_precision, has_both), nan)
                     vals["ece"] = torch.tensor([float(e.compute()) if n[j] > 0 else math.nan for j, e in enumerate(self.bin_ece)],
                                                dtype=torch.float64)
         return [{"target": t, "class": c, "metric": metric, "value": float(v[j])}
