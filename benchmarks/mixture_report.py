@@ -123,15 +123,21 @@ def mixture_table(board: pd.DataFrame, pairs: list[tuple[str, str, str]], metric
                 row[f"{metric}_test"] = c["test"]
             # Δm%: the multi-task definition (FAMO's sign), with the member-alone run as the single-task baseline
             dm = delta_m(pair, "alone", metrics, split, min_positives, floor, runs=pair_runs, support=support)
-            dm = dm.set_index("method").loc["mixture"]
-            row.update({"delta_m_drop_pct": dm["delta_m_drop_pct"], "delta_m_ci95": dm["delta_m_ci95"],
-                        "delta_m_per_seed": dm["per_seed"], "delta_m_p_value": dm["p_value"], "delta_m_test": dm["test"],
-                        "delta_m_terms": dm["terms"]})
+            dm = dm.set_index("method") if "method" in dm else dm
+            if "mixture" in dm.index:
+                dm = dm.loc["mixture"]
+                row.update({"delta_m_drop_pct": dm["delta_m_drop_pct"], "delta_m_ci95": dm["delta_m_ci95"],
+                            "delta_m_per_seed": dm["per_seed"], "delta_m_p_value": dm["p_value"],
+                            "delta_m_test": dm["test"], "delta_m_terms": dm["terms"]})
+            else:   # none of the member's targets has an estimable alone value (too few test positives)
+                row.update({"delta_m_drop_pct": float("nan"), "delta_m_test": "no estimable task"})
             rows.append(row)
     return pd.DataFrame(rows)
 
 
 def _pm(mean: float, half: float, scale: float = 100.0) -> str:
+    if pd.isna(mean):
+        return ""
     return f"{scale * mean:+.2f}" + ("" if pd.isna(half) else f" ± {scale * half:.2f}")
 
 
@@ -157,9 +163,10 @@ def mixture_markdown(table: pd.DataFrame, metrics: tuple[str, ...] = METRICS) ->
                              f"{100 * r[f'{m}_mixture']:.2f} / {100 * r[f'{m}_alone']:.2f} / "
                              + _pm(r[f"{m}_difference"], r[f"{m}_difference_ci95"]))
             p = r.get("accuracy_p_value")
-            cells.append(f"{p:.3f}" if not pd.isna(p) else str(r.get("accuracy_test", "")))
-            cells += [_pm(r["delta_m_drop_pct"], r["delta_m_ci95"], 1.0), str(r["delta_m_per_seed"]),
-                      f"{r['delta_m_p_value']:.3f}" if not pd.isna(r["delta_m_p_value"]) else str(r["delta_m_test"]),
+            cells.append(f"{p:.3f}" if not pd.isna(p) else ("" if pd.isna(r.get("accuracy_test")) else str(r["accuracy_test"])))
+            cells += [_pm(r["delta_m_drop_pct"], r.get("delta_m_ci95"), 1.0),
+                      "" if pd.isna(r.get("delta_m_per_seed")) else str(r["delta_m_per_seed"]),
+                      f"{r['delta_m_p_value']:.3f}" if not pd.isna(r.get("delta_m_p_value")) else str(r["delta_m_test"]),
                       str(int(r["seeds"]))]
             lines.append("| " + " | ".join(cells) + " |")
         lines.append("")

@@ -85,3 +85,15 @@ def test_a_mixture_only_method_is_set_against_the_alone_runs_of_its_network():
     assert row["alone_method"] == "net" and row["accuracy_alone"] == pytest.approx(0.80)
     assert row["accuracy_difference"] == pytest.approx(0.06)
     assert set(t.loc[t["method"] == "net", "alone_method"]) == {"net"}
+
+
+def test_a_member_without_an_estimable_target_gets_no_delta_m_and_says_why():
+    """No target of a member has a value on both sides (here the mixture's evaluated images carry none of
+    its labels): its row stays, Δm% is blank with the reason."""
+    rows = [("faces", "net", 0, "Smiling", "", None, None), ("celeba_alone", "net", 0, "Smiling", "", 0.8, 0.8)]
+    board = pd.DataFrame([dict(zip(["dataset", "method", "seed", "attribute", "class", "accuracy", "balanced_accuracy"], r),
+                               split="test", positive_rate=0.01, n_samples=100) for r in rows])
+    t = mixture_table(board, [("faces", "celeba", "celeba_alone")], metrics=("accuracy",))
+    assert t.iloc[0]["delta_m_test"] == "no estimable task" and np.isnan(t.iloc[0]["delta_m_drop_pct"])
+    from facebench.benchmarks.mixture_report import mixture_markdown
+    assert "| no estimable task |" in mixture_markdown(t) and "nan" not in mixture_markdown(t)
