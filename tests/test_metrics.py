@@ -347,3 +347,17 @@ def test_a_binary_target_without_any_label_in_the_split_is_nan_not_a_crash():
         y, p = labels[keep, j].numpy(), probs[keep, j].numpy()
         assert rows[(name, "auroc")] == pytest.approx(skm.roc_auc_score(y, p), abs=1e-6)
         assert rows[(name, "average_precision")] == pytest.approx(skm.average_precision_score(y, p), abs=1e-6)
+
+
+def test_a_multiclass_target_without_any_label_in_the_split_has_no_rows_and_no_crash():
+    """The operating point (and every other metric) of a multi-class target that no image of the
+    split is labelled with: no rows, where a binary target beside it is still scored."""
+    task = TaskSpec([Target("emotion", "multiclass", ("a", "b", "c")), Target("Smiling", "binary")])
+    m = TaskMetrics(task, operating_fpr=0.1)
+    probs = torch.cat([torch.softmax(torch.randn(16, 3), 1), torch.rand(16, 1)], 1)
+    labels = torch.stack([torch.full((16,), -1), torch.randint(0, 2, (16,))], 1)
+    m.update(probs, labels)
+    rows = pd.DataFrame(m.compute())
+    assert not rows[(rows["target"] == "emotion") & rows["metric"].str.contains("fpr")].shape[0]
+    assert rows.set_index(["target", "metric"])["value"][("Smiling", "accuracy")] == pytest.approx(
+        float(((probs[:, 3] >= 0.5).long() == labels[:, 1]).float().mean()))

@@ -279,6 +279,9 @@ class TaskMetrics(nn.Module):
         op = self.op_point[t.name]
         if op._update_count == 0:
             return []
+        with op.sync_context():      # every rank's samples (a partial-label split can give one no labelled image)
+            if not len(dim_zero_cat(op.preds)):
+                return []            # no image of the split carries this target's label
         res = _quiet(op.compute)
         tag = f"@fpr={self.operating_fpr:g}"
         rows = [{"target": t.name, "class": "", "metric": f"unlabelled{tag}", "value": float(res["unlabelled"])}]
