@@ -166,6 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return _dispatch(argv)
+    except BrokenPipeError:   # the output went to a pipe that closed early (facebench list | head)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())   # no second error at exit's flush
+        return 0
     except Exception as exc:  # noqa: BLE001  (user-facing errors as one line)
         from facebench.benchmarks.suite import SuiteConfigError
         from facebench.datamodules.formats import DatasetFormatError

@@ -184,3 +184,12 @@ def test_train_samples_respect_limit_train_batches():
     assert trained_samples(SimpleNamespace(num_training_batches=1, world_size=1), dm) == 16     # limit_train_batches: 1
     assert trained_samples(SimpleNamespace(num_training_batches=1, world_size=2), dm) == 32     # per rank x ranks
     assert trained_samples(SimpleNamespace(num_training_batches=float("inf"), world_size=1), dm) == 50
+
+
+def test_output_cut_short_by_a_closed_pipe_is_not_an_error():
+    """``facebench list methods | head -1``: no BrokenPipeError traceback, exit 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "facebench", "list", "methods"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()                      # closed before the command writes: its first write meets EPIPE
+    err = proc.stderr.read()
+    assert proc.wait(timeout=60) == 0 and "BrokenPipe" not in err and "Traceback" not in err
