@@ -88,7 +88,7 @@ def _per_label(metric: Any, label_metric: Any, has_both: torch.Tensor) -> torch.
         return _quiet(metric.compute).double().cpu().reshape(-1)
     if not bool(has_both.any()):
         return nan
-    with metric.sync_context():
+    with metric.sync_context(should_sync=metric._to_sync):   # as its compute would (off: one rank's complete predictions)
         preds, target = dim_zero_cat(metric.preds), dim_zero_cat(metric.target)
     for j in torch.nonzero(has_both).flatten().tolist():
         nan[j] = float(_quiet(lambda: label_metric(preds[:, j], target[:, j].long(), ignore_index=MISSING)))
@@ -279,7 +279,7 @@ class TaskMetrics(nn.Module):
         op = self.op_point[t.name]
         if op._update_count == 0:
             return []
-        with op.sync_context():      # every rank's samples (a partial-label split can give one no labelled image)
+        with op.sync_context(should_sync=op._to_sync):   # every rank's samples, as its compute would gather them
             if not len(dim_zero_cat(op.preds)):
                 return []            # no image of the split carries this target's label
         res = _quiet(op.compute)
