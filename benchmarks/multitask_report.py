@@ -81,6 +81,17 @@ def _p(p: float) -> str:
     return "" if pd.isna(p) else ("< 0.001" if p < 0.001 else f"{p:.3f}")
 
 
+def _variance_note(table: pd.DataFrame) -> str:
+    """What the intervals' variance holds, from the table's ``variance`` column (``benchmarks/stats.py``)."""
+    kinds = set(table.get("variance", pd.Series(dtype=object)).dropna()) - {""}
+    t = "Student t over seeds, S - 1 degrees of freedom"
+    if kinds == {"seeds + images"}:
+        return f"{t}, its variance the seeds' plus the test images' nested in them: the runs keep per-image predictions"
+    if kinds == {"seeds"}:
+        return f"{t}; seeds only: the runs keep no per-image predictions"
+    return f"{t}; the `variance` column of `multitask.csv` says per method whether the test images' term is in"
+
+
 def multitask_markdown(table: pd.DataFrame, significance: pd.DataFrame, selection: pd.DataFrame, baseline: str,
                        metrics: Sequence[str], settings: dict[str, Any], published: pd.DataFrame | None = None) -> str:
     metrics = tuple(metrics)
@@ -88,8 +99,8 @@ def multitask_markdown(table: pd.DataFrame, significance: pd.DataFrame, selectio
              "**Δm% is a performance drop (FAMO's sign, Liu et al. 2023): lower is better, negative = better than the",
              f"baseline.** Δm% = 100/K Σ_k (-1)^δ_k (M_method,k - M_baseline,k) / M_baseline,k over the K (task, metric) terms",
              f"of {', '.join(metrics)} (δ_k = 1 where higher is better), the baseline of the same seed; per seed, then the mean",
-             "over seeds with its 95% interval (Student t over seeds, S - 1 degrees of freedom; seeds only: the committed",
-             "runs keep no per-image predictions) and the p-value of Δm% = 0. A task enters a metric's terms for every",
+             f"over seeds with its 95% interval ({_variance_note(table[table['method'] != baseline])}) and the p-value of Δm% = 0. A task enters a "
+             "metric's terms for every",
              f"method and seed only where the baseline's value is estimable: F1 / recall / precision with at least "
              f"{settings['min_positives']} test positives,",
              f"balanced accuracy with {settings['min_positives']} positives and negatives, and the baseline's value at least "
@@ -99,7 +110,7 @@ def multitask_markdown(table: pd.DataFrame, significance: pd.DataFrame, selectio
              "(task, metric, seed) term of largest magnitude; 'sign set by one term': seeds whose Δm% changes sign without",
              f"their largest term. Mean rank: rank per task on the seed-mean {metrics[0]} among the methods here (1 = best),",
              "over the tasks of its Δm% terms. Against the baseline on the same test images (accuracy at the 0.5",
-             "threshold): attributes significantly better / worse (paired t over seeds, Holm across attributes, "
+             "threshold): attributes significantly better / worse (the same test per attribute, Holm across attributes, "
              f"α = {ALPHA}), and",
              "the difference in mean accuracy over the attributes (percentage points) with its 95% interval, per-seed",
              "differences and p-value. Files: `multitask.csv`, `multitask_tasks.csv`, `multitask_significance.csv`.", ""]

@@ -100,6 +100,8 @@ def test_multitask_files_and_delta_m_by_hand(report):
     assert "against the single-task baseline `single_task`" in md and "FAMO's sign" in md
     assert "| method | Δm% drop [95% CI] | per seed | p | Δm% f1 | Δm% accuracy | Δm% balanced accuracy |" in md
     assert "| `single_task` (baseline) | 0 |" in md and "- f1: 4 of 4 tasks in; left out: none" in md
+    # the header says what the intervals hold: these runs keep their predictions, so the images' term is in
+    assert "the test images' nested in them" in md and "keep no per-image predictions" not in md
 
 
 def test_significance_only_against_the_baseline_seed_aware_and_oriented(report):
