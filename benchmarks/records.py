@@ -36,7 +36,7 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -266,9 +266,10 @@ def committed_config_hash(results_dir: str | Path, run_id: str) -> str | None:
     return rec.get("config_hash") if rec else None
 
 
-def dataset_labels(config: dict[str, Any], split: str, ids: np.ndarray) -> np.ndarray:
-    """The labels of ``ids`` in ``split`` of the dataset a run's config names (its datamodule and
-    arguments), in the task's label layout. A clear error when the dataset is not there."""
+def _dataset_rows(config: dict[str, Any], split: str, ids: Sequence[str]) -> tuple[Any, Any, list[int]]:
+    """The ``split`` table of the dataset a run's config names (its datamodule and arguments) and the
+    rows of ``ids`` (sample ids: source paths relative to the root) in it. A clear error when the
+    dataset is not there or an id is not in it."""
     from facebench.datamodules.base import create_datamodule
 
     dm = create_datamodule(config["dataset"]["datamodule"], **config["dataset"]["args"])
@@ -282,7 +283,21 @@ def dataset_labels(config: dict[str, Any], split: str, ids: np.ndarray) -> np.nd
     if missing:
         raise ValueError(f"{config.get('run_id')}: {len(missing)} predicted ids are not in the dataset's {split} split "
                          f"(first: {missing[0]})")
-    return table.labels[[position[i] for i in ids]]
+    return dm, table, [position[i] for i in ids]
+
+
+def dataset_labels(config: dict[str, Any], split: str, ids: np.ndarray) -> np.ndarray:
+    """The labels of ``ids`` in ``split`` of the dataset a run's config names, in the task's label layout."""
+    _, table, rows = _dataset_rows(config, split, ids)
+    return table.labels[rows]
+
+
+def dataset_images(config: dict[str, Any], split: str, ids: Sequence[str]) -> list[Path]:
+    """The image files a run read for ``ids`` in ``split``: the source images, or with ``wild`` the
+    composited canvases (the ids name the sources; the canvases are rebuilt from, or found in, the cache)."""
+    dm, table, rows = _dataset_rows(config, split, ids)
+    root = dm.files.root
+    return [root / table.paths[r] for r in rows]          # a canvas path is absolute: root / it is itself
 
 
 def committed_run_records(results_dir: str | Path, split: str = "test", skip: set[str] | None = None) -> list[RunRecord]:

@@ -2,7 +2,10 @@
 
 ``leaderboard.csv`` is long: one row per (method, dataset, split, seed, target, class) with one
 column per metric, then the columns naming what produced it (method name, config hash, code hash,
-git commit, package versions). Its rows are those of the local run folders plus the committed rows
+git commit, package versions). It holds the test splits (``test``, ``test_dedup``, ...); every other
+split's rows (the validation split the thresholds are tuned on) are in ``leaderboard.<split>.csv``
+beside it, so that a suite of many runs stays a small file to read and to diff; ``read_board`` reads
+them back as one table. Its rows are those of the local run folders plus the committed rows
 of every run that is not in a local run folder (a fresh clone has none): re-running one run, or
 reporting on a clone, never drops the others. ``leaderboard_info.json`` holds, per run, the exact
 ``facebench run`` command, config hash, code hash and git commit, and names the methods whose seeds
@@ -69,11 +72,42 @@ def leaderboard(metrics: pd.DataFrame) -> pd.DataFrame:
     return out.rename(columns={"target": "attribute"}).sort_values(BOARD_ORDER)
 
 
-def read_board(path: Path) -> pd.DataFrame:
-    """A written ``leaderboard.csv`` (empty when absent); reading and writing it back gives its bytes."""
-    if not path.is_file():
-        return pd.DataFrame()
+def board_file(results_dir: Path, split: str) -> Path:
+    """The file that holds one split's leaderboard rows: ``leaderboard.csv`` for the test splits
+    (``test`` and its variants such as ``test_dedup``), ``leaderboard.<split>.csv`` for any other."""
+    return results_dir / ("leaderboard.csv" if split.startswith("test") else f"leaderboard.{split}.csv")
+
+
+def _read_board_file(path: Path) -> pd.DataFrame:
     return pd.read_csv(path, keep_default_na=False, na_values=["nan", "NaN", ""])
+
+
+def read_board(path: Path) -> pd.DataFrame:
+    """A written leaderboard: ``path`` (``leaderboard.csv``) and the other splits' ``leaderboard.<split>.csv``
+    beside it, as one table in leaderboard order (empty when absent); reading and writing it back gives
+    the files' bytes."""
+    path = Path(path)
+    parts = ([path] if path.is_file() else []) + sorted(path.parent.glob(f"{path.stem}.*{path.suffix}"))
+    frames = [df for df in map(_read_board_file, parts) if not df.empty]
+    if len(frames) <= 1:
+        return frames[0] if frames else pd.DataFrame()
+    columns = list(dict.fromkeys(c for df in frames for c in df.columns))
+    board = pd.concat(frames, ignore_index=True)[columns]
+    # each file keeps the board's order within a split; the board is ordered by dataset, then split
+    return board.sort_values(["dataset", "split"], kind="stable", ignore_index=True)
+
+
+def write_board(board: pd.DataFrame, results_dir: Path) -> list[Path]:
+    """``board`` split into ``leaderboard.csv`` (test splits) and ``leaderboard.<split>.csv`` (each other
+    split); a split file the board no longer has is removed, so the files are always this board."""
+    results_dir = Path(results_dir)
+    files = board["split"].astype(str).map(lambda s: str(board_file(results_dir, s)))
+    main = str(board_file(results_dir, "test"))
+    written = [write_csv(Path(f), board[files == f], float_format="%.6g") for f in dict.fromkeys([main, *files])]
+    for stale in results_dir.glob("leaderboard.*.csv"):
+        if stale not in written:
+            stale.unlink()
+    return written
 
 
 def with_committed_rows(local: pd.DataFrame, committed: pd.DataFrame) -> pd.DataFrame:
@@ -149,8 +183,9 @@ def long_metrics(local_metrics: pd.DataFrame, board: pd.DataFrame, local: pd.Dat
 
 
 def write_leaderboard(board: pd.DataFrame, results_dir: Path, suite_name: str | None) -> dict[str, list[str]]:
-    """``leaderboard.csv`` and ``leaderboard_info.json``; returns the methods on mixed code versions."""
-    write_csv(results_dir / "leaderboard.csv", board, float_format="%.6g")
+    """``leaderboard.csv`` (+ ``leaderboard.<split>.csv``) and ``leaderboard_info.json``; returns the
+    methods on mixed code versions."""
+    write_board(board, results_dir)
     provenance = run_provenance(board, results_dir)
     mixed = mixed_code_versions(provenance, board)
     write_json(results_dir / "leaderboard_info.json",

@@ -6,7 +6,8 @@ Layout of a suite's results folder::
 
     results/<suite>/
       suite.yaml                 the suite as it was run (after --set): what the reports read
-      leaderboard.csv, leaderboard_info.json, tables/, subgroups.*, multitask*.*, figures/
+      leaderboard.csv (test splits), leaderboard.<split>.csv (the others), leaderboard_info.json,
+      tables/, subgroups.*, multitask*.*, figures/
       records/<run_id>.json      committed record of a finished run: command, config, config hash,
                                  code hash, git commit, versions, timings (benchmarks.records)
       records/<run_id>.test.csv.gz   its test predictions: sample ids + float16 probabilities

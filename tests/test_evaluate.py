@@ -15,6 +15,7 @@ from facebench.benchmarks.cli import main
 from facebench.benchmarks.evaluate import choose_dataset, evaluate_predictions
 from facebench.benchmarks.prediction_csv import read_predictions
 from facebench.benchmarks.records import load_predictions, probability_columns
+from facebench.benchmarks.report import read_board
 from facebench.core.tasks import Target, TaskSpec
 from facebench.datamodules.formats import DatasetFormatError
 
@@ -137,7 +138,7 @@ def test_evaluate_reproduces_the_leaderboard_rows_of_a_trained_resnet18(tmp_path
         files.append(str(write_predictions_csv(tmp_path / f"{split}.csv", p["ids"], p["probs"], task)))
     assert main(["evaluate", *files, "--split", "val", "test", "--suite", str(path), "--dataset", "celeba",
                  "--method", "resnet18_scored"]) == 0
-    board = pd.read_csv(tmp_path / "results" / "leaderboard.csv")
+    board = read_board(tmp_path / "results" / "leaderboard.csv")       # the test and the val split's files
     keys = ["split", "attribute", "class"]
     metrics = [c for c in ("accuracy", "balanced_accuracy", "auroc", "f1", "accuracy@tuned", "threshold@tuned", "ece")
                if c in board.columns]

@@ -71,15 +71,20 @@ def test_committed_results_survive_partial_reruns_overrides_and_edited_suites(tm
     # a fresh clone: no run folders, only the committed files
     shutil.rmtree(results / "runs")
     committed = board.read_bytes()
+    val_board = results / "leaderboard.val.csv"            # the validation split's rows, beside the test splits'
+    committed_val = val_board.read_bytes()
+    assert {line.split(",")[2] for line in committed.decode().splitlines()[1:]} == {"test"}
+    assert {line.split(",")[2] for line in committed_val.decode().splitlines()[1:]} == {"val"}
     proc = facebench(work, "report", str(results))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert board.read_bytes() == committed                 # the report keeps every committed row
+    assert val_board.read_bytes() == committed_val
 
     # a smoke test with --set goes to its own folder
     proc = facebench(work, "run", str(suite), "--only", "majority--synth--s0", "--set", "trainer.max_epochs=2")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "tiny_safe+set-" in proc.stdout
-    assert board.read_bytes() == committed
+    assert board.read_bytes() == committed and val_board.read_bytes() == committed_val
     assert len(list((work / "results").glob("tiny_safe+set-*/runs/*"))) == 1
 
     # an edited suite file stops before any work, naming the runs and how to force it
@@ -96,3 +101,24 @@ def test_committed_results_survive_partial_reruns_overrides_and_edited_suites(tm
     seeds = {line.split(",")[3] for line in board.read_text().splitlines()[1:]}
     assert seeds == {"0", "1"}
     assert "kept the committed rows of 1 run(s)" in proc.stdout
+
+
+COMMITTED = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.mark.parametrize("suite_dir", sorted(p.parent for p in COMMITTED.glob("*/leaderboard.csv")), ids=lambda p: p.name)
+def test_committed_leaderboards_are_small_and_read_back_to_their_bytes(suite_dir: Path, tmp_path: Path):
+    """Every committed suite leaderboard is split by split (test splits in leaderboard.csv, the others
+    in leaderboard.<split>.csv), each file under the repository's 2 MB guideline, and reading the
+    files as one board and writing it again gives the same bytes."""
+    from facebench.benchmarks.report import read_board, write_board
+
+    files = sorted(suite_dir.glob("leaderboard*.csv"))
+    for f in files:
+        assert f.stat().st_size < 2_000_000, f"{f}: {f.stat().st_size} bytes"
+    board = read_board(suite_dir / "leaderboard.csv")
+    assert board["split"].str.startswith("test").any()
+    written = write_board(board, tmp_path)
+    assert sorted(p.name for p in written) == [f.name for f in files]
+    for f in files:
+        assert (tmp_path / f.name).read_bytes() == f.read_bytes(), f.name

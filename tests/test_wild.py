@@ -8,6 +8,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+import yaml
 
 from facebench.datamodules.celeba import CelebADataModule
 from facebench.datamodules.image_files import load_image
@@ -266,22 +267,34 @@ def test_detector_calibration_exact():
     assert calibrate_detector(np.full((3, 4), np.nan), true[:3]) == 1.0
 
 
-def test_wild_localization_table(tmp_path, synth_celeba):
-    """The analysis on a hand-made lnet_s run folder: the LNet_s row is the saved boxes' scores, the
-    detectors run on the same canvases."""
+def test_wild_localization_table(tmp_path, synth_celeba, monkeypatch):
+    """The analysis on a hand-made lnet_s run folder as the worker writes it (ids: the source images;
+    config.yaml: the dataset): the LNet_s row is the saved boxes' scores, the detectors run on the
+    canvases the run saw, not on the source images its ids name."""
+    import facebench.datamodules.image_files as image_files
     from facebench.benchmarks.analyses.lnets_anet import wild_localization
     from facebench.benchmarks.analyses.reference_detectors import recall_table_row
 
-    dm = _dm(synth_celeba, wild={**WILD, "canvas": 96})
+    wild = {**WILD, "canvas": 96}
+    dm = _dm(synth_celeba, wild=wild)
     run = tmp_path / "lnet_s--x--s0"
     run.mkdir()
+    dataset = {"datamodule": "celeba", "args": {"root": str(synth_celeba), "wild": wild, "in_the_wild": True,
+                                                "num_workers": 0, "image_size": 64}}
+    (run / "config.yaml").write_text(yaml.safe_dump({"run_id": run.name, "dataset": dataset}))
     for split in ("val", "test"):
         tab = dm.tables[split]
         true = tab.boxes / 96.0
         face = true + np.array([0.02, -0.01, 0.0, 0.03])
-        np.savez(run / f"predictions_{split}.npz", face_box=face, true_box=true, ids=np.array(tab.paths),
+        assert not set(tab.sample_ids()) & set(tab.paths)                     # the ids are not the canvases
+        np.savez(run / f"predictions_{split}.npz", face_box=face, true_box=true, ids=tab.sample_ids(),
                  face_scale=np.full(len(tab), 1.15))
+    loaded, load = [], image_files.load_image
+    monkeypatch.setattr(image_files, "load_image", lambda path, *a, **k: loaded.append(Path(path)) or load(path, *a, **k))
     table = wild_localization(run, hog_upsample=0)
+    canvases = [Path(p) for split in ("test", "val") for p in dm.tables[split].paths]
+    assert sorted(loaded) == sorted(canvases)                      # every test and val canvas, nothing else
+    assert all(load(p).shape[:2] == (96, 96) for p in loaded[:3])
     assert list(table["method"]) == ["LNet_s", "Haar", "HOG"]
     assert {"recall@0.3", "recall@0.5", "recall@0.7", "mean_iou", "detection_rate", "calibration_factor", "n"} <= set(table)
     test = dm.tables["test"]

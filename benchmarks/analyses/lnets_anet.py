@@ -147,9 +147,13 @@ def lnet_localization_command(argv: list[str]) -> int:
 
 
 def _split_images(run_dir: Path, split: str) -> tuple[dict[str, np.ndarray], list[Path]]:
-    """A run's saved boxes of ``split`` and the image files they were computed on (the ``ids``:
-    absolute, or relative to the dataset ``root`` of the run's config)."""
+    """A run's saved boxes of ``split`` and the image files it computed them on: its ``ids`` are
+    the source images (relative to the dataset root of the run's config), and on ``wild`` data the
+    run read their composited canvases, so the files come from the run's own dataset
+    (:func:`facebench.benchmarks.records.dataset_images`)."""
     import yaml
+
+    from facebench.benchmarks.records import dataset_images
 
     path = run_dir / f"predictions_{split}.npz"
     if not path.is_file():
@@ -158,9 +162,10 @@ def _split_images(run_dir: Path, split: str) -> tuple[dict[str, np.ndarray], lis
         arrays = {k: z[k] for k in z.files}
     if "face_box" not in arrays or "true_box" not in arrays:
         raise ValueError(f"{path}: no face_box / true_box arrays (a run of lnet_s or later on data with boxes)")
-    cfg = yaml.safe_load((run_dir / "config.yaml").read_text()) if (run_dir / "config.yaml").is_file() else {}
-    root = Path(((cfg or {}).get("dataset") or {}).get("args", {}).get("root") or ".")
-    return arrays, [Path(i) if Path(i).is_absolute() else root / i for i in arrays["ids"]]
+    config = run_dir / "config.yaml"
+    if not config.is_file():
+        raise FileNotFoundError(f"{config}: the run's config is missing (it names the dataset the boxes were computed on)")
+    return arrays, dataset_images(yaml.safe_load(config.read_text()), split, [str(i) for i in arrays["ids"]])
 
 
 def wild_localization(run_dir: Path, split: str = "test", calibrate_on: str = "val", hog_upsample: int = 2,
