@@ -7,6 +7,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -303,3 +304,32 @@ def test_wild_localization_table(tmp_path, synth_celeba, monkeypatch):
     assert lnet["recall@0.5"] == pytest.approx(expected["recall@0.5"]) and lnet["calibration_factor"] == pytest.approx(1.15)
     assert (table["n"] == len(test)).all()
     assert table["detection_rate"].between(0, 1).all()
+
+
+def test_wild_localization_seeds_summary_and_paired_tests(tmp_path):
+    """Three seeds' tables -> means, intervals and the LNet_s - detector differences paired by seed
+    (t over seeds, Holm across the differences); one seed is refused with a one-line error."""
+    from scipy import stats as sps
+
+    from facebench.benchmarks.analyses.lnets_anet import wild_localization_seeds
+    from facebench.benchmarks.cli import main
+
+    lnet = {0: [0.86, 0.46, 0.08, 0.48], 1: [0.93, 0.61, 0.13, 0.54], 2: [0.94, 0.64, 0.11, 0.54]}
+    hog = [0.97, 0.97, 0.59, 0.70]
+    cols = ["recall@0.3", "recall@0.5", "recall@0.7", "mean_iou"]
+    paths = []
+    for seed, values in lnet.items():
+        t = pd.DataFrame([["LNet_s", "test", *values, 660], ["HOG", "test", *hog, 660]], columns=["method", "split", *cols, "n"])
+        paths.append(tmp_path / f"wild_localization_s{seed}.csv")
+        t.to_csv(paths[-1], index=False)
+    out = wild_localization_seeds({s: pd.read_csv(p) for s, p in zip(lnet, paths)}).set_index(["comparison", "metric"])
+    diff = np.array([lnet[s][1] - hog[1] for s in lnet])
+    row = out.loc[("LNet_s - HOG", "recall@0.5")]
+    assert row["mean"] == pytest.approx(diff.mean()) and row["p_value"] == pytest.approx(sps.ttest_1samp(diff, 0).pvalue)
+    assert row["ci95"] == pytest.approx(sps.t.ppf(0.975, 2) * diff.std(ddof=1) / np.sqrt(3))
+    assert row["per_seed"] == "-0.510 / -0.360 / -0.330"
+    assert (out["p_holm"].dropna() >= out["p_value"].dropna()).all() and out["p_holm"].notna().sum() == 4
+    assert out.loc[("HOG", "recall@0.5"), "ci95"] == 0.0 and np.isnan(out.loc[("HOG", "recall@0.5"), "p_value"])
+    assert main(["analyze", "wild-localization-seeds", *map(str, paths), "--out", str(tmp_path / "seeds.csv")]) == 0
+    assert (tmp_path / "seeds.csv").is_file() and (tmp_path / "seeds_info.json").is_file()
+    assert main(["analyze", "wild-localization-seeds", str(paths[0]), "--out", str(tmp_path / "one.csv")]) != 0

@@ -218,3 +218,64 @@ def wild_localization_command(argv: list[str]) -> int:
         print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
     print(f"wrote {out}")
     return 0
+
+
+#: The recall / IoU columns of a wild-localization table that the seed summary compares.
+LOCALIZATION_METRICS = ("recall@0.3", "recall@0.5", "recall@0.7", "mean_iou")
+
+
+def wild_localization_seeds(tables: dict[int, pd.DataFrame], metrics: Sequence[str] = LOCALIZATION_METRICS) -> pd.DataFrame:
+    """Several seeds' wild-localization tables (``{seed: table}``, the same test images) -> one row per
+    method and metric (mean over seeds, 95% interval, per-seed values) and one per ``LNet_s - detector``
+    difference, paired by seed, with its p-value and the Holm-adjusted one across all the differences
+    (:mod:`facebench.benchmarks.stats`: the seed is the unit; the detectors have no seed, so their
+    per-seed values repeat and only LNet_s's spread enters)."""
+    from facebench.benchmarks.stats import format_per_seed, holm, seed_interval, t_over_seeds
+
+    seeds = sorted(tables)
+    by = {s: tables[s].set_index("method") for s in seeds}
+    methods = list(by[seeds[0]].index)
+    rows = []
+    for method in methods:
+        for m in metrics:
+            v = np.array([by[s].at[method, m] for s in seeds], dtype=float)
+            r = seed_interval(v)
+            rows.append({"comparison": method, "metric": m, "seeds": len(seeds), "mean": r["mean"], "ci95": r["half"],
+                         "per_seed": format_per_seed(v, 1.0, 3), "p_value": np.nan})
+    for det in [m for m in methods if m != "LNet_s"]:
+        for m in metrics:
+            d = np.array([by[s].at["LNet_s", m] - by[s].at[det, m] for s in seeds], dtype=float)
+            r = t_over_seeds(d)
+            rows.append({"comparison": f"LNet_s - {det}", "metric": m, "seeds": len(seeds), "mean": float(r["mean"]),
+                         "ci95": float(r["half"]), "per_seed": format_per_seed(d, 1.0, 3), "p_value": float(r["p"])})
+    out = pd.DataFrame(rows)
+    out["p_holm"] = holm(out["p_value"].to_numpy())
+    return out
+
+
+@register_analysis("wild-localization-seeds")
+def wild_localization_seeds_command(argv: list[str]) -> int:
+    """``facebench analyze wild-localization-seeds TABLE_s0.csv TABLE_s1.csv ... --out CSV``: the seed
+    summary and the seed-paired tests of several ``wild-localization`` tables (one per seed)."""
+    ap = argparse.ArgumentParser(prog="facebench analyze wild-localization-seeds",
+                                 description="Mean over seeds and seed-paired LNet_s-vs-detector tests of wild-localization "
+                                             "tables.")
+    ap.add_argument("tables", type=Path, nargs="+", help="wild-localization CSVs, one per seed, named ..._s<seed>.csv")
+    ap.add_argument("--out", type=Path, required=True, help="output CSV")
+    args = ap.parse_args(argv)
+    from facebench.core.io import write_csv
+
+    tables = {}
+    for path in args.tables:
+        stem = path.stem.rsplit("_s", 1)
+        if len(stem) != 2 or not stem[1].isdigit():
+            raise ValueError(f"{path}: expected a table named <name>_s<seed>.csv (the seed is the unit of the tests)")
+        tables[int(stem[1])] = pd.read_csv(path)
+    if len(tables) < 2:
+        raise ValueError(f"{args.tables[0]}: one seed gives no interval and no test; give the tables of 2 or more seeds")
+    table = wild_localization_seeds(tables)
+    write_csv(args.out, table, float_format="%.6g")
+    with pd.option_context("display.width", 160, "display.max_columns", 20):
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"wrote {args.out}")
+    return 0
