@@ -266,15 +266,19 @@ def committed_config_hash(results_dir: str | Path, run_id: str) -> str | None:
     return rec.get("config_hash") if rec else None
 
 
-def _dataset_rows(config: dict[str, Any], split: str, ids: Sequence[str]) -> tuple[Any, Any, list[int]]:
-    """The ``split`` table of the dataset a run's config names (its datamodule and arguments) and the
-    rows of ``ids`` (sample ids: source paths relative to the root) in it. A clear error when the
-    dataset is not there or an id is not in it."""
+def _run_dataset(config: dict[str, Any]) -> Any:
+    """The dataset a run's config names (its datamodule and arguments), set up."""
     from facebench.datamodules.base import create_datamodule
 
     dm = create_datamodule(config["dataset"]["datamodule"], **config["dataset"]["args"])
     dm.prepare_data()
     dm.setup("test")
+    return dm
+
+
+def _dataset_rows(dm: Any, config: dict[str, Any], split: str, ids: Sequence[str]) -> tuple[Any, list[int]]:
+    """The ``split`` table of a run's dataset ``dm`` and the rows of ``ids`` (sample ids: source paths
+    relative to the root) in it. A clear error when the split is not there or an id is not in it."""
     table = dm.tables.get(split)
     if table is None:
         raise FileNotFoundError(f"{config['dataset']['datamodule']}: no {split} split")
@@ -283,21 +287,26 @@ def _dataset_rows(config: dict[str, Any], split: str, ids: Sequence[str]) -> tup
     if missing:
         raise ValueError(f"{config.get('run_id')}: {len(missing)} predicted ids are not in the dataset's {split} split "
                          f"(first: {missing[0]})")
-    return dm, table, [position[i] for i in ids]
+    return table, [position[i] for i in ids]
 
 
 def dataset_labels(config: dict[str, Any], split: str, ids: np.ndarray) -> np.ndarray:
     """The labels of ``ids`` in ``split`` of the dataset a run's config names, in the task's label layout."""
-    _, table, rows = _dataset_rows(config, split, ids)
+    table, rows = _dataset_rows(_run_dataset(config), config, split, ids)
     return table.labels[rows]
 
 
-def dataset_images(config: dict[str, Any], split: str, ids: Sequence[str]) -> list[Path]:
-    """The image files a run read for ``ids`` in ``split``: the source images, or with ``wild`` the
-    composited canvases (the ids name the sources; the canvases are rebuilt from, or found in, the cache)."""
-    dm, table, rows = _dataset_rows(config, split, ids)
+def dataset_images(config: dict[str, Any], ids_by_split: dict[str, Sequence[str]]) -> dict[str, list[Path]]:
+    """Per split, the image files a run read for its ``ids``: the source images, or with ``wild`` the
+    composited canvases (the ids name the sources; the canvases are found in, or rebuilt into, the
+    cache). The dataset is set up once for all the splits."""
+    dm = _run_dataset(config)
     root = dm.files.root
-    return [root / table.paths[r] for r in rows]          # a canvas path is absolute: root / it is itself
+    out = {}
+    for split, ids in ids_by_split.items():
+        table, rows = _dataset_rows(dm, config, split, ids)
+        out[split] = [root / table.paths[r] for r in rows]      # a canvas path is absolute: root / it is itself
+    return out
 
 
 def committed_run_records(results_dir: str | Path, split: str = "test", skip: set[str] | None = None) -> list[RunRecord]:

@@ -146,15 +146,8 @@ def lnet_localization_command(argv: list[str]) -> int:
     return 0
 
 
-def _split_images(run_dir: Path, split: str) -> tuple[dict[str, np.ndarray], list[Path]]:
-    """A run's saved boxes of ``split`` and the image files it computed them on: its ``ids`` are
-    the source images (relative to the dataset root of the run's config), and on ``wild`` data the
-    run read their composited canvases, so the files come from the run's own dataset
-    (:func:`facebench.benchmarks.records.dataset_images`)."""
-    import yaml
-
-    from facebench.benchmarks.records import dataset_images
-
+def _saved_boxes(run_dir: Path, split: str) -> dict[str, np.ndarray]:
+    """A run's saved boxes of ``split`` (``predictions_<split>.npz``: face_box, true_box, ids, ...)."""
     path = run_dir / f"predictions_{split}.npz"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no saved predictions for split {split!r}")
@@ -162,10 +155,22 @@ def _split_images(run_dir: Path, split: str) -> tuple[dict[str, np.ndarray], lis
         arrays = {k: z[k] for k in z.files}
     if "face_box" not in arrays or "true_box" not in arrays:
         raise ValueError(f"{path}: no face_box / true_box arrays (a run of lnet_s or later on data with boxes)")
+    return arrays
+
+
+def _images_of(run_dir: Path, boxes: dict[str, dict[str, np.ndarray]]) -> dict[str, list[Path]]:
+    """Per split, the image files the run computed its boxes on: the ``ids`` are the source images,
+    and on ``wild`` data the run read their composited canvases, so the files come from the run's own
+    dataset (:func:`facebench.benchmarks.records.dataset_images`, set up once)."""
+    import yaml
+
+    from facebench.benchmarks.records import dataset_images
+
     config = run_dir / "config.yaml"
     if not config.is_file():
         raise FileNotFoundError(f"{config}: the run's config is missing (it names the dataset the boxes were computed on)")
-    return arrays, dataset_images(yaml.safe_load(config.read_text()), split, [str(i) for i in arrays["ids"]])
+    return dataset_images(yaml.safe_load(config.read_text()),
+                          {split: [str(i) for i in arrays["ids"]] for split, arrays in boxes.items()})
 
 
 def wild_localization(run_dir: Path, split: str = "test", calibrate_on: str = "val", hog_upsample: int = 2,
@@ -179,8 +184,9 @@ def wild_localization(run_dir: Path, split: str = "test", calibrate_on: str = "v
     from facebench.benchmarks.analyses.reference_detectors import (calibrate_detector, detect_all, haar_detector, hog_detector,
                                                          recall_table_row, scale_detections)
 
-    test, test_files = _split_images(run_dir, split)
-    calib, calib_files = _split_images(run_dir, calibrate_on)
+    test, calib = _saved_boxes(run_dir, split), _saved_boxes(run_dir, calibrate_on)
+    files = _images_of(run_dir, {split: test, calibrate_on: calib})
+    test_files, calib_files = files[split], files[calibrate_on]
     scale = float(np.mean(test["face_scale"])) if "face_scale" in test else float("nan")
     rows = [{"method": "LNet_s", **recall_table_row(test["face_box"], test["true_box"]), "calibration_factor": scale}]
     test_images = [load_image(f) for f in test_files]
